@@ -1,0 +1,20 @@
+"""infer_sweep: prefill-only latency over (B, S) and greedy decode over (B, ctx, gen)."""
+import pytest
+
+from gcompress_bench import infer
+
+
+def _measure(fn, suite, cell, bench_model, bench_clock, bench_run):
+    knobs = {k: bench_run.cfg[suite][k] for k in ("warmup", "iters", "trials")}
+    return infer.run_cell(fn, bench_model.device, lm=bench_model, clock=bench_clock,
+                          seed=bench_run.cfg["seed"], **cell, **knobs)
+
+
+@pytest.mark.prefill
+def test_prefill(prefill_cell, bench_model, bench_clock, bench_run, bench_record):
+    bench_record(prefill_cell, _measure(infer.prefill, "prefill", prefill_cell, bench_model, bench_clock, bench_run))
+
+
+@pytest.mark.decode
+def test_decode(decode_cell, bench_model, bench_clock, bench_run, bench_record):
+    bench_record(decode_cell, _measure(infer.decode, "decode", decode_cell, bench_model, bench_clock, bench_run))

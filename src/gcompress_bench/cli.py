@@ -1,0 +1,47 @@
+"""The seed's CLIs: thin wrappers that build one pytest invocation (one execution path, not two)."""
+import argparse
+import sys
+
+import pytest
+
+from . import REPO_ROOT
+from .config import OPTIONS, option_dest
+
+SUITE_MARKERS = {"infer_sweep": "prefill or decode", "ppl": "ppl", "lmeval": "lmeval"}
+
+
+def parser(prog, suites, default_suite):
+    p = argparse.ArgumentParser(prog=prog, description=f"Run the {'/'.join(suites)} suite(s) through pytest. "
+                                "Arguments after `--` go to pytest unchanged.")
+    p.add_argument("--suite", default=default_suite, help=f"one of: {', '.join(suites)}")
+    p.add_argument("--out", help="results root (same as --results-root)")
+    for flag, _, _, help_text in OPTIONS:
+        p.add_argument(flag, dest=option_dest(flag), help=help_text)
+    return p
+
+
+def pytest_args(args, extra):
+    """Forward every given option; option checking stays in the pytest plugin, in one place."""
+    out = [str(REPO_ROOT / "benchmarks"), "-c", str(REPO_ROOT / "pytest.ini"), "--rootdir", str(REPO_ROOT),
+           "-m", SUITE_MARKERS[args.suite]]
+    given = vars(args)
+    if args.out and not given.get("results_root"):
+        given["results_root"] = args.out
+    out += [f"{flag}={given[option_dest(flag)]}" for flag, *_ in OPTIONS if given.get(option_dest(flag)) is not None]
+    return out + extra
+
+
+def run(prog, suites, default_suite, argv=None, extra_options=()):
+    argv = sys.argv[1:] if argv is None else argv
+    extra = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    p = parser(prog, suites, default_suite)
+    for flag, kw in extra_options:
+        p.add_argument(flag, **kw)
+    args = p.parse_args(argv)
+    if args.suite not in suites:
+        print(f"{prog}: --suite: unknown suite {args.suite!r}; allowed: {', '.join(suites)}", file=sys.stderr)
+        return 2
+    return int(pytest.main(pytest_args(args, extra)))

@@ -1,0 +1,171 @@
+"""Options and their resolution into one run config.
+
+One option table feeds both the pytest plugin and the CLIs, so the two can never disagree;
+defaults live in experiments/llm_suites.yaml, not here.
+"""
+import copy
+import os
+from pathlib import Path
+
+import yaml
+
+from . import REPO_ROOT, VARIANTS, UsageError
+
+SUITES_FILE = REPO_ROOT / "experiments" / "llm_suites.yaml"
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+SVD_MODES = ("whiten", "plain")
+GRID_KEYS = {"prefill": ("batch", "seq_len"), "decode": ("ctx", "gen", "batch")}
+ITER_KEYS = ("warmup", "iters", "trials")
+
+# (flag, config path, kind, help). kind: str | int | float | ints (comma list)
+OPTIONS = [
+    ("--variant", "variant", "str", "model variant: baseline or palu"),
+    ("--model", "model", "str", "smollm2-135m, llama3-8b-shape, an HF id in the local cache, or a model folder"),
+    ("--profile", "profile", "str", "profile of experiments/llm_suites.yaml (full, quick)"),
+    ("--suites-file", "suites_file", "str", "suite YAML (default experiments/llm_suites.yaml)"),
+    ("--results-root", "results_root", "str", "results root; runs land in <root>/<exp_group>/<run_id>/"),
+    ("--exp-group", "exp_group", "str", "experiment group (a folder under the results root)"),
+    ("--run-id", "run_id", "str", "run id (default: timestamp + variant + suite + model); never reused"),
+    ("--device", "device", "str", "auto, cpu or cuda"),
+    ("--dtype", "dtype", "str", "float32, bfloat16 or float16"),
+    ("--seed", "seed", "int", "seed for inputs and random weights"),
+    ("--warmup", "warmup", "int", "warm-up iterations per cell (overrides both suites)"),
+    ("--iters", "iters", "int", "measured iterations per trial (overrides both suites)"),
+    ("--trials", "trials", "int", "trials per cell (overrides both suites)"),
+    ("--prefill-batch", "prefill.batch", "ints", "prefill batch sizes, e.g. 1,4,8"),
+    ("--prefill-seq-len", "prefill.seq_len", "ints", "prefill sequence lengths"),
+    ("--decode-ctx", "decode.ctx", "ints", "decode prompt lengths"),
+    ("--decode-gen", "decode.gen", "ints", "decode generated tokens"),
+    ("--decode-batch", "decode.batch", "ints", "decode batch sizes"),
+    ("--palu-ratio", "palu.ratio", "float", "PaLU: fraction of each group's rank kept, in (0, 1]"),
+    ("--palu-group-size", "palu.group_size", "int", "PaLU: KV heads per group; must divide the KV heads"),
+    ("--palu-ranks", "palu.ranks", "str", "PaLU: rank file (head_wise_ranks JSON) or a ratio dir to search"),
+    ("--palu-svd", "palu.svd", "str", "PaLU: whiten (default) or plain"),
+    ("--palu-rounding", "palu.rounding", "int", "PaLU: round ranks to a multiple of N (1 = none)"),
+    ("--palu-align", "palu.align", "int", "PaLU: pad physical dims to a multiple of N (1 = none)"),
+    ("--palu-calib", "palu.calib", "str", "PaLU: calibration text: auto, wikitext2, or a text file"),
+    ("--palu-calib-samples", "palu.calib_samples", "int", "PaLU: calibration windows"),
+    ("--palu-calib-seq-len", "palu.calib_seq_len", "int", "PaLU: tokens per calibration window"),
+]
+
+
+def option_dest(flag):
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _parse(flag, kind, raw):
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "ints":
+            return [int(v) for v in str(raw).split(",")]
+    except ValueError:
+        want = {"int": "an integer", "float": "a number", "ints": "a comma-separated list of integers"}[kind]
+        raise UsageError(f"{flag}: {raw!r} is not {want}") from None
+    return raw
+
+
+def load_suites(path=None):
+    path = Path(path or SUITES_FILE)
+    try:
+        suites = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"suite file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"suite file {path} is not valid YAML: {e}".splitlines()[0]) from None
+    if not isinstance(suites, dict) or not {"defaults", "profiles", "models"} <= suites.keys():
+        raise UsageError(f"suite file {path} needs the sections defaults, profiles and models")
+    return suites
+
+
+def _merge(base, over):
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _set(cfg, dotted, value):
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        cfg = cfg.setdefault(p, {})
+    cfg[leaf] = value
+
+
+def resolve(given):
+    """Merge YAML defaults, the profile and the given options ({dest: raw value or None})."""
+    suites = load_suites(given.get("suites_file"))
+    profile = given.get("profile") or suites["defaults"]["profile"]
+    if profile not in suites["profiles"]:
+        raise UsageError(f"--profile: unknown profile {profile!r}; allowed: {', '.join(suites['profiles'])}")
+    cfg = _merge(suites["defaults"], suites["profiles"][profile])
+    cfg["profile"] = profile
+    cfg["suites_file"] = str(Path(given.get("suites_file") or SUITES_FILE).resolve())
+    for flag, path, kind, _ in OPTIONS:
+        raw = given.get(option_dest(flag))
+        if raw is None or path in ("profile", "suites_file"):
+            continue
+        value = _parse(flag, kind, raw)
+        if path in ITER_KEYS:
+            for suite in GRID_KEYS:
+                cfg[suite][path] = value
+        else:
+            _set(cfg, path, value)
+    _validate(cfg, suites["models"])
+    cfg["models"] = suites["models"]
+    return cfg
+
+
+def _check_choice(flag, value, allowed):
+    if value not in allowed:
+        raise UsageError(f"{flag}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _validate(cfg, models):
+    _check_choice("--variant", cfg["variant"], VARIANTS)
+    _check_choice("--dtype", cfg["dtype"], DTYPES)
+    _check_choice("--device", cfg["device"], DEVICES)
+    model = cfg["model"]
+    if model not in models and "/" not in model and not os.path.isdir(model):
+        raise UsageError(
+            f"--model: unknown model {model!r}; allowed: {', '.join(models)}, "
+            "an HF id (org/name) in the local HF cache, or a local model folder")
+    for suite, keys in GRID_KEYS.items():
+        for key in keys:
+            vals = cfg[suite][key]
+            if not vals or any(not isinstance(v, int) or v <= 0 for v in vals):
+                flag = f"--{suite}-{key.replace('_', '-')}"
+                raise UsageError(f"{flag}: {vals} is not allowed; values must be positive integers")
+        for key, low in zip(ITER_KEYS, (0, 1, 1)):
+            v = cfg[suite][key]
+            if not isinstance(v, int) or v < low:
+                raise UsageError(f"--{key} ({suite}): {v!r} is not allowed; it must be an integer >= {low}")
+    p = cfg["palu"]
+    if not 0 < p["ratio"] <= 1:
+        raise UsageError(f"--palu-ratio: {p['ratio']} is not allowed; it must be in (0, 1]")
+    _check_choice("--palu-svd", p["svd"], SVD_MODES)
+    for key in ("group_size", "rounding", "align", "calib_samples", "calib_seq_len"):
+        if p[key] < 1:
+            raise UsageError(f"--palu-{key.replace('_', '-')}: {p[key]} is not allowed; it must be >= 1")
+
+
+def check_lengths(cfg, max_positions):
+    """A cell longer than the model's context is a usage error, not an OOM or silent garbage."""
+    longest = {"--prefill-seq-len": max(cfg["prefill"]["seq_len"]),
+               "--decode-ctx + --decode-gen": max(cfg["decode"]["ctx"]) + max(cfg["decode"]["gen"])}
+    for what, n in longest.items():
+        if n > max_positions:
+            raise UsageError(f"{what} {n} is longer than the model's context of {max_positions} tokens; "
+                             f"allowed: at most {max_positions}")
+
+
+def grid_cells(cfg, suite):
+    """(test id, params) for every cell of a suite, in the YAML's order."""
+    g = cfg[suite]
+    if suite == "prefill":
+        return [(f"B{b}-S{s}", {"batch": b, "seq_len": s}) for b in g["batch"] for s in g["seq_len"]]
+    return [(f"B{b}-ctx{c}-gen{n}", {"batch": b, "ctx": c, "gen": n})
+            for b in g["batch"] for c in g["ctx"] for n in g["gen"]]

@@ -1,0 +1,7 @@
+"""python -m gcompress_bench.llm_run --variant {baseline,palu} --suite infer_sweep --out <dir>"""
+import sys
+
+from .cli import run
+
+if __name__ == "__main__":
+    sys.exit(run("llm_run", ["infer_sweep"], "infer_sweep"))

@@ -1,0 +1,134 @@
+"""Per-run summary: summary.json, run_summary.md and plots/, always regenerated from raw.json."""
+from pathlib import Path
+
+from . import stats
+from .results import ResultsError, read_json, write_json
+
+UNIT = {"latency": "ms", "ttft": "ms", "step": "ms/token", "total": "ms"}
+
+
+def _cell_summary(rec):
+    out = {k: rec[k] for k in ("suite", "params", "status") if k in rec}
+    out.update({k: rec[k] for k in ("reason", "error", "memory", "kv_cache_bytes", "tokens") if k in rec})
+    if rec.get("status") != "ok" or "samples_ms" not in rec:
+        return out
+    out["stats_ms"] = {name: stats.describe(trials) for name, trials in rec["samples_ms"].items()}
+    p = rec["params"]
+    if rec["suite"] == "prefill":
+        out["tokens_per_s"] = rec["tokens"] / (out["stats_ms"]["latency"]["p50"] / 1e3)
+    elif rec["suite"] == "decode":
+        out["ms_per_token"] = out["stats_ms"]["step"]["p50"]
+        out["tokens_per_s"] = p["batch"] / (out["ms_per_token"] / 1e3)
+        out["ttft_ms"] = out["stats_ms"]["ttft"]["p50"]
+    return out
+
+
+def build_summary(run_dir):
+    run_dir = Path(run_dir)
+    raw = read_json(run_dir / "raw.json")
+    if not isinstance(raw, dict) or not isinstance(raw.get("cells"), dict):
+        raise ResultsError(f"{run_dir / 'raw.json'}: has no 'cells' mapping; not a gcompress-bench raw file")
+    cfg = read_json(run_dir / "config.json")
+    env = read_json(run_dir / "env.json")
+    cells = {cid: _cell_summary(rec) for cid, rec in raw["cells"].items()}
+    expected = [nodeid.split("::")[-1] for nodeid in cfg.get("cells", [])]
+    not_run = [c for c in expected if c not in cells]
+    decisions = [f"{cid}: {c['status']} ({c.get('reason', '')}); left out of every statistic"
+                 for cid, c in cells.items() if c["status"] != "ok"]
+    decisions += [f"{cid}: not run (interrupted or deselected after start)" for cid in not_run]
+    return {
+        "run_id": raw["run_id"], "variant": raw["variant"], "model": raw["model"],
+        "weights": "synthetic weights" if raw.get("synthetic_weights") else "pretrained",
+        "timer": raw["timer"], "profile": cfg.get("profile"), "dtype": cfg.get("dtype"),
+        "device": cfg.get("device_resolved"), "gpu": env.get("gpu"), "torch": env.get("torch"),
+        "transformers": env.get("transformers"), "iterations": {s: {k: cfg[s][k] for k in ("warmup", "iters", "trials")}
+                                                                for s in ("prefill", "decode")},
+        "model_facts": cfg.get("model_facts"), "palu": cfg.get("palu_facts"),
+        "cells": cells, "not_run": not_run, "decisions": decisions,
+    }
+
+
+def _fmt_bytes(n):
+    return "n/a" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def _markdown(s):
+    lines = [f"# Run {s['run_id']}", "",
+             f"- variant: **{s['variant']}**; model: `{s['model']}` ({s['weights']}); dtype {s['dtype']}; "
+             f"device {s['device']} ({s['gpu'] or 'no GPU'}); torch {s['torch']}, transformers {s['transformers']}",
+             f"- timer: {s['timer']}; profile {s['profile']}; iterations {s['iterations']}"]
+    if s["weights"] == "synthetic weights":
+        lines.append("- **synthetic weights**: timing only; no quality number comes from this run")
+    heads = {"prefill": ("latency", ["B", "S"]), "decode": ("step", ["B", "ctx", "gen"])}
+    for suite, (metric, keys) in heads.items():
+        rows = {c: v for c, v in s["cells"].items() if v.get("suite") == suite}
+        if not rows:
+            continue
+        extra = "tokens/s | TTFT p50 ms | KV cache" if suite == "decode" else "tokens/s"
+        header = f"| cell | status | p50 | p90 | p99 | std | cv | {extra} | peak alloc | peak reserved |"
+        lines += ["", f"## {suite} ({UNIT[metric]})", "", header, "|---" * (header.count("|") - 1) + "|"]
+        for cid, c in rows.items():
+            mem = c.get("memory", {})
+            tail = f"{_fmt_bytes(mem.get('peak_allocated_bytes'))} | {_fmt_bytes(mem.get('peak_reserved_bytes'))}"
+            if c["status"] != "ok":
+                blanks = " | ".join(["—"] * (6 + extra.count("|") + 1))
+                lines.append(f"| {cid} | {c['status']}: {c.get('reason', '')} | {blanks} | {tail} |")
+                continue
+            st = c["stats_ms"][metric]
+            cols = f"{c['tokens_per_s']:.1f}"
+            if suite == "decode":
+                cols += f" | {c['ttft_ms']:.3f} | {_fmt_bytes(c.get('kv_cache_bytes'))}"
+            lines.append(f"| {cid} | ok | {st['p50']:.3f} | {st['p90']:.3f} | {st['p99']:.3f} | {st['std']:.3f} "
+                         f"| {st['cv']:.3f} | {cols} | {tail} |")
+    if s["decisions"]:
+        lines += ["", "## Decisions", ""] + [f"- {d}" for d in s["decisions"]]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(s, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(exist_ok=True)
+    made = []
+    ok = {c: v for c, v in s["cells"].items() if v["status"] == "ok"}
+    pre = [v for v in ok.values() if v["suite"] == "prefill"]
+    if pre:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for b in sorted({v["params"]["batch"] for v in pre}):
+            pts = sorted((v["params"]["seq_len"], v["stats_ms"]["latency"]) for v in pre if v["params"]["batch"] == b)
+            xs = [x for x, _ in pts]
+            p50 = [st["p50"] for _, st in pts]
+            ax.errorbar(xs, p50, yerr=[[0] * len(pts), [st["p90"] - st["p50"] for _, st in pts]],
+                        marker="o", capsize=3, label=f"B={b}")
+        ax.set(xscale="log", yscale="log", xlabel="sequence length S (tokens)", ylabel="prefill latency p50 (ms)",
+               title=f"prefill, {s['variant']}, {s['model']} (bar to p90)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "prefill_latency.png", dpi=120)
+        plt.close(fig)
+        made.append("prefill_latency.png")
+    dec = [(c, v) for c, v in ok.items() if v["suite"] == "decode"]
+    if dec:
+        fig, ax = plt.subplots(figsize=(max(6, len(dec) * 0.6), 4))
+        st = [v["stats_ms"]["step"] for _, v in dec]
+        ax.bar(range(len(dec)), [x["p50"] for x in st], yerr=[[0] * len(st), [x["p90"] - x["p50"] for x in st]],
+               capsize=3)
+        ax.set_xticks(range(len(dec)), [c for c, _ in dec], rotation=45, ha="right")
+        ax.set(ylabel="decode step p50 (ms/token)", title=f"decode, {s['variant']}, {s['model']} (bar to p90)")
+        fig.tight_layout()
+        fig.savefig(out / "decode_ms_per_token.png", dpi=120)
+        plt.close(fig)
+        made.append("decode_ms_per_token.png")
+    return made
+
+
+def summarize(run_dir):
+    """Write summary.json, run_summary.md and plots/ for one run dir; returns the summary."""
+    run_dir = Path(run_dir)
+    s = build_summary(run_dir)
+    s["plots"] = _plots(s, run_dir / "plots")
+    write_json(run_dir / "summary.json", s)
+    (run_dir / "run_summary.md").write_text(_markdown(s))
+    return s

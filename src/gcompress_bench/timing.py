@@ -1,0 +1,29 @@
+"""The clock: CUDA events recorded in-stream, read after one host synchronization per region.
+
+Synchronizing after every step would time the host round trip too (measured on an H200: an
+18 ms eager decode step read 68 ms that way), so marks are only recorded inside a region.
+Without CUDA the same interface uses a monotonic host clock.
+"""
+import time
+
+import torch
+
+
+class Clock:
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.name = "cuda_event" if self.cuda else "host"
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def intervals_ms(self, marks):
+        """Milliseconds between consecutive marks; the one host synchronization of the region."""
+        if self.cuda:
+            marks[-1].synchronize()
+            return [a.elapsed_time(b) for a, b in zip(marks, marks[1:])]
+        return [(b - a) * 1e3 for a, b in zip(marks, marks[1:])]

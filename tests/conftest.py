@@ -1,0 +1,30 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# A tiny grid: enough cells to exercise ordering, OOM and interruption, small enough for 2 CPU cores.
+TINY = ["--model=smollm2-135m", "--profile=quick", "--prefill-batch=1,2", "--prefill-seq-len=16",
+        "--decode-ctx=16", "--decode-gen=4", "--decode-batch=1", "--warmup=1", "--iters=3", "--trials=2"]
+
+
+def run_cli(module, *args, env_extra=None, timeout=600):
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture
+def llm_run(tmp_path):
+    """Run the llm_run CLI with a results root under tmp_path; returns (proc, run dirs)."""
+    root = tmp_path / "results"
+
+    def go(*args, **kw):
+        proc = run_cli("gcompress_bench.llm_run", "--out", str(root), *args, **kw)
+        runs = sorted(p for p in root.glob("*/*") if p.is_dir()) if root.exists() else []
+        return proc, runs
+    go.root = root
+    return go

@@ -1,0 +1,51 @@
+import pytest
+
+from gcompress_bench import UsageError
+from gcompress_bench.config import check_lengths, grid_cells, resolve
+
+
+def test_defaults_come_from_the_yaml():
+    cfg = resolve({})
+    assert (cfg["variant"], cfg["profile"], cfg["model"]) == ("baseline", "quick", "smollm2-135m")
+    full = resolve({"profile": "full"})
+    assert full["model"] == "meta-llama/Meta-Llama-3-8B-Instruct" and full["dtype"] == "bfloat16"
+    assert full["prefill"]["batch"] == [1, 4, 8] and full["prefill"]["seq_len"] == [256, 512, 1024, 2048, 4096]
+    assert full["decode"]["ctx"] == [512, 1024, 2048] and full["decode"]["gen"] == [64, 128]
+    assert full["prefill"]["warmup"] >= 10 and full["decode"]["warmup"] >= 5
+    assert full["prefill"]["iters"] >= 30 and full["decode"]["iters"] * full["decode"]["trials"] >= 30
+    assert full["palu"]["group_size"] == 4 and cfg["palu"]["group_size"] == 3
+
+
+def test_overrides_and_cell_ids():
+    cfg = resolve({"prefill_batch": "4", "prefill_seq_len": "1024,2048", "iters": "7"})
+    assert [i for i, _ in grid_cells(cfg, "prefill")] == ["B4-S1024", "B4-S2048"]
+    assert cfg["prefill"]["iters"] == cfg["decode"]["iters"] == 7
+    assert grid_cells(resolve({"decode_batch": "2"}), "decode")[0] == ("B2-ctx32-gen8", {"batch": 2, "ctx": 32, "gen": 8})
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"variant": "foo"}, "--variant: unknown value 'foo'; allowed: baseline, palu"),
+    ({"profile": "huge"}, "--profile: unknown profile 'huge'; allowed: full, quick"),
+    ({"model": "nope"}, "--model: unknown model 'nope'; allowed: smollm2-135m, llama3-8b-shape, an HF id "
+                        "(org/name) in the local HF cache, or a local model folder"),
+    ({"dtype": "int8"}, "--dtype: unknown value 'int8'; allowed: float32, bfloat16, float16"),
+    ({"prefill_batch": "0"}, "--prefill-batch: [0] is not allowed; values must be positive integers"),
+    ({"decode_gen": "-1"}, "--decode-gen: [-1] is not allowed; values must be positive integers"),
+    ({"prefill_seq_len": "1,x"}, "--prefill-seq-len: '1,x' is not a comma-separated list of integers"),
+    ({"iters": "0"}, "--iters (prefill): 0 is not allowed; it must be an integer >= 1"),
+    ({"palu_ratio": "0"}, "--palu-ratio: 0.0 is not allowed; it must be in (0, 1]"),
+    ({"palu_ratio": "1.5"}, "--palu-ratio: 1.5 is not allowed; it must be in (0, 1]"),
+    ({"palu_svd": "qr"}, "--palu-svd: unknown value 'qr'; allowed: whiten, plain"),
+    ({"suites_file": "/nonexistent.yaml"}, "suite file /nonexistent.yaml does not exist"),
+])
+def test_bad_input_gets_one_clear_line(given, message):
+    with pytest.raises(UsageError) as e:
+        resolve(given)
+    assert str(e.value) == message
+
+
+def test_length_beyond_context():
+    cfg = resolve({"decode_ctx": "8000", "decode_gen": "300"})
+    with pytest.raises(UsageError, match=r"^--decode-ctx \+ --decode-gen 8300 is longer than the model's context "
+                                         r"of 8192 tokens; allowed: at most 8192$"):
+        check_lengths(cfg, 8192)

@@ -1,0 +1,38 @@
+import json
+
+import pytest
+
+from gcompress_bench import UsageError
+from gcompress_bench.results import RawLog, ResultsError, create_run_dir, read_json
+
+
+def test_run_dir_is_never_reused(tmp_path):
+    first = create_run_dir(tmp_path, "g", "r1", explicit=False)
+    (first / "raw.json").write_text("{}")
+    second = create_run_dir(tmp_path, "g", "r1", explicit=False)
+    assert second.name == "r1-2" and (first / "raw.json").read_text() == "{}"
+    with pytest.raises(UsageError, match=r"--run-id: 'r1' already exists at .*; results are never overwritten"):
+        create_run_dir(tmp_path, "g", "r1", explicit=True)
+
+
+def test_unwritable_root_is_a_usage_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(UsageError, match=r"--results-root: '.*file/sub' is not writable \(Not a directory\)"):
+        create_run_dir(blocker / "sub", "g", "r", explicit=False)
+
+
+def test_raw_log_is_complete_after_each_cell(tmp_path):
+    log = RawLog(tmp_path, {"run_id": "r"})
+    for i in range(3):
+        log.add(f"c{i}", {"status": "ok", "i": i})
+        on_disk = json.loads((tmp_path / "raw.json").read_text())
+        assert list(on_disk["cells"]) == [f"c{j}" for j in range(i + 1)]
+    assert not list(tmp_path.glob(".raw.json.tmp*"))
+
+
+def test_corrupt_json_names_the_file(tmp_path):
+    bad = tmp_path / "raw.json"
+    bad.write_text('{"cells": {"a": [1, 2')
+    with pytest.raises(ResultsError, match=rf"{bad}: not valid JSON .*corrupted or truncated"):
+        read_json(bad)

@@ -1,0 +1,123 @@
+"""The pytest suite driven as users drive it: through the CLI, in a subprocess, on smollm2-135m."""
+import json
+import time
+
+import numpy as np
+import pytest
+
+from gcompress_bench.stats import describe
+
+from .conftest import TINY, run_cli
+
+REQUIRED = ["config.json", "env.json", "raw.json", "summary.json", "run_summary.md", "pytest-report.json",
+            "plots/prefill_latency.png", "plots/decode_ms_per_token.png"]
+
+
+@pytest.mark.slow
+def test_quick_infer_sweep_writes_a_complete_run(llm_run):
+    proc, runs = llm_run("--variant", "baseline", *TINY, "--run-id", "e2e")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run,) = runs
+    assert run.name == "e2e"
+    for name in REQUIRED:
+        assert (run / name).stat().st_size > 0, name
+    cfg, env = json.loads((run / "config.json").read_text()), json.loads((run / "env.json").read_text())
+    raw, summary = json.loads((run / "raw.json").read_text()), json.loads((run / "summary.json").read_text())
+    assert cfg["variant"] == "baseline" and cfg["prefill"]["iters"] == 3 and cfg["model_facts"]["kv_heads"] == 3
+    assert cfg["model_facts"]["weights"] == "pretrained" and cfg["model_facts"]["parameters"] == 134_515_008
+    for key in ("torch", "transformers", "python", "host", "cpu", "git_commit", "git_dirty", "command", "seed"):
+        assert key in env
+    assert raw["timer"] == "host" and summary["timer"] == "host"
+    ids = ["test_prefill[B1-S16]", "test_prefill[B2-S16]", "test_decode[B1-ctx16-gen4]"]
+    assert list(raw["cells"]) == ids
+    for cid in ids:
+        rec, s = raw["cells"][cid], summary["cells"][cid]
+        for metric, trials in rec["samples_ms"].items():
+            assert len(trials) == 2
+            flat = np.concatenate(trials)
+            assert s["stats_ms"][metric] == describe(trials)
+            assert s["stats_ms"][metric]["p99"] == pytest.approx(np.percentile(flat, 99))
+    dec = raw["cells"]["test_decode[B1-ctx16-gen4]"]
+    assert [len(t) for t in dec["samples_ms"]["step"]] == [3 * 3, 3 * 3]   # iters x (gen - 1) per trial
+    assert [len(t) for t in dec["samples_ms"]["ttft"]] == [3, 3]
+    for total, ttft, steps in zip(dec["samples_ms"]["total"][0], dec["samples_ms"]["ttft"][0],
+                                  np.reshape(dec["samples_ms"]["step"][0], (3, 3))):
+        assert total == pytest.approx(ttft + steps.sum())
+    # 30 layers x (K, V) x 3 KV heads x 64 dims x (16 + 4 - 1) cached tokens x 4 bytes
+    assert dec["kv_cache_bytes"] == 30 * 2 * 3 * 64 * 19 * 4
+    report = json.loads((run / "pytest-report.json").read_text())
+    assert {t["nodeid"].split("::")[-1]: t["outcome"] for t in report["tests"]} == dict.fromkeys(ids, "passed")
+    md = (run / "run_summary.md").read_text()
+    p50 = summary["cells"]["test_prefill[B1-S16]"]["stats_ms"]["latency"]["p50"]
+    assert f"| test_prefill[B1-S16] | ok | {p50:.3f} |" in md
+    assert "[3/3] test_decode[B1-ctx16-gen4] ok step p50" in proc.stdout
+    assert f"results in {run}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_oom_cell_is_skipped_with_reason_and_the_grid_goes_on(llm_run):
+    proc, (run,) = llm_run("--variant", "baseline", *TINY, "--", "-p", "tests.plugins.oom_cell")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    raw = json.loads((run / "raw.json").read_text())
+    oom = raw["cells"]["test_prefill[B2-S16]"]
+    assert (oom["status"], oom["reason"]) == ("skipped", "OOM")
+    assert oom["error"] == "CUDA out of memory. Tried to allocate 20.00 GiB" and "memory" in oom
+    assert raw["cells"]["test_decode[B1-ctx16-gen4]"]["status"] == "ok"
+    md = (run / "run_summary.md").read_text()
+    assert "| test_prefill[B2-S16] | skipped: OOM |" in md
+    assert "- test_prefill[B2-S16]: skipped (OOM); left out of every statistic" in md
+    outcomes = {t["nodeid"].split("::")[-1]: t["outcome"]
+                for t in json.loads((run / "pytest-report.json").read_text())["tests"]}
+    assert outcomes["test_prefill[B2-S16]"] == "skipped" and outcomes["test_decode[B1-ctx16-gen4]"] == "passed"
+
+
+@pytest.mark.slow
+def test_killed_run_keeps_every_finished_cell(llm_run):
+    proc, (run,) = llm_run("--variant", "baseline", *TINY, "--", "-p", "tests.plugins.kill_after_two")
+    assert proc.returncode == -9
+    raw = json.loads((run / "raw.json").read_text())
+    assert list(raw["cells"]) == ["test_prefill[B1-S16]", "test_prefill[B2-S16]"]
+    assert all(c["status"] == "ok" for c in raw["cells"].values())
+    assert not (run / "summary.json").exists()
+    from gcompress_bench.report import summarize
+    s = summarize(run)   # regenerated from raw.json alone
+    assert s["not_run"] == ["test_decode[B1-ctx16-gen4]"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variant", "foo"], "--variant: unknown value 'foo'; allowed: baseline, palu"),
+    (["--model", "nope"], "--model: unknown model 'nope'"),
+    (["--decode-batch", "0"], "--decode-batch: [0] is not allowed; values must be positive integers"),
+    (["--prefill-seq-len", "9000"], "--prefill-seq-len 9000 is longer than the model's context of 8192 tokens"),
+])
+def test_usage_errors_exit_2_and_write_nothing(llm_run, args, message):
+    proc, runs = llm_run(*args)
+    assert proc.returncode == 2
+    assert message in proc.stdout + proc.stderr
+    assert runs == []
+
+
+def test_existing_run_id_is_refused_and_left_intact(llm_run):
+    run = llm_run.root / "default" / "taken"
+    run.mkdir(parents=True)
+    (run / "raw.json").write_text('{"precious": true}')
+    proc, _ = llm_run("--run-id", "taken")
+    assert proc.returncode == 2
+    assert "--run-id: 'taken' already exists" in proc.stdout
+    assert (run / "raw.json").read_text() == '{"precious": true}' and len(list(run.iterdir())) == 1
+
+
+def test_missing_hf_model_fails_fast_without_network(llm_run, tmp_path):
+    start = time.monotonic()
+    proc, runs = llm_run("--model", "meta-llama/Not-A-Real-Model-8B",
+                         env_extra={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "", "HTTPS_PROXY": "http://127.0.0.1:9"})
+    assert proc.returncode == 2 and runs == []
+    assert time.monotonic() - start < 30
+    out = proc.stdout
+    assert "model 'meta-llama/Not-A-Real-Model-8B' is not in the local HF cache" in out
+    assert f"searched {tmp_path / 'hf' / 'hub'}" in out and "hf download meta-llama/Not-A-Real-Model-8B" in out
+
+
+def test_llm_eval_says_not_yet():
+    proc = run_cli("gcompress_bench.llm_eval", "--variant", "baseline", "--suite", "ppl")
+    assert proc.returncode == 2 and "not implemented yet" in proc.stderr
