@@ -14,8 +14,9 @@ REQUIRED = ["config.json", "env.json", "raw.json", "summary.json", "run_summary.
 
 
 @pytest.mark.slow
-def test_quick_infer_sweep_writes_a_complete_run(llm_run):
-    proc, runs = llm_run("--variant", "baseline", *TINY, "--run-id", "e2e")
+@pytest.mark.parametrize("variant", ["baseline", "palu"])
+def test_quick_infer_sweep_writes_a_complete_run(llm_run, variant):
+    proc, runs = llm_run("--variant", variant, *TINY, "--run-id", "e2e")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (run,) = runs
     assert run.name == "e2e"
@@ -23,8 +24,10 @@ def test_quick_infer_sweep_writes_a_complete_run(llm_run):
         assert (run / name).stat().st_size > 0, name
     cfg, env = json.loads((run / "config.json").read_text()), json.loads((run / "env.json").read_text())
     raw, summary = json.loads((run / "raw.json").read_text()), json.loads((run / "summary.json").read_text())
-    assert cfg["variant"] == "baseline" and cfg["prefill"]["iters"] == 3 and cfg["model_facts"]["kv_heads"] == 3
-    assert cfg["model_facts"]["weights"] == "pretrained" and cfg["model_facts"]["parameters"] == 134_515_008
+    assert cfg["variant"] == variant and cfg["prefill"]["iters"] == 3 and cfg["model_facts"]["kv_heads"] == 3
+    assert cfg["model_facts"]["weights"] == "pretrained"
+    palu_delta = cfg["palu_facts"]["factor_params"] - cfg["palu_facts"]["original_params"] if variant == "palu" else 0
+    assert cfg["model_facts"]["parameters"] == 134_515_008 + palu_delta
     for key in ("torch", "transformers", "python", "host", "cpu", "git_commit", "git_dirty", "command", "seed"):
         assert key in env
     assert raw["timer"] == "host" and summary["timer"] == "host"
@@ -52,6 +55,15 @@ def test_quick_infer_sweep_writes_a_complete_run(llm_run):
     assert f"| test_prefill[B1-S16] | ok | {p50:.3f} |" in md
     assert "[3/3] test_decode[B1-ctx16-gen4] ok step p50" in proc.stdout
     assert f"results in {run}" in proc.stdout
+    if variant == "palu":
+        facts = cfg["palu_facts"]
+        assert (facts["group_size"], facts["svd"], facts["ratio"]) == (3, "whiten", 0.7)
+        assert facts["modules"]["model.layers.0.self_attn.k_proj"]["physical"] == [128]
+        assert facts["kv_compression_logical"] == pytest.approx(1 / 3)
+        assert "Paris" in facts["verification"]["generation"]
+        assert "## PaLU compression" in md and "KV compression 1 - sum(r)/sum(gs*head_dim): logical 0.3333" in md
+    else:
+        assert "palu_facts" not in cfg and "PaLU" not in md
 
 
 @pytest.mark.slow

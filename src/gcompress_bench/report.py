@@ -80,9 +80,39 @@ def _markdown(s):
                 cols += f" | {c['ttft_ms']:.3f} | {_fmt_bytes(c.get('kv_cache_bytes'))}"
             lines.append(f"| {cid} | ok | {st['p50']:.3f} | {st['p90']:.3f} | {st['p99']:.3f} | {st['std']:.3f} "
                          f"| {st['cv']:.3f} | {cols} | {tail} |")
+    if s["palu"]:
+        lines += _palu_markdown(s["palu"])
     if s["decisions"]:
         lines += ["", "## Decisions", ""] + [f"- {d}" for d in s["decisions"]]
     return "\n".join(lines) + "\n"
+
+
+def _palu_markdown(p):
+    v = p["verification"]
+    calib = p["calibration"] or {}
+    errs = [e for m in p["modules"].values() for e in (m["activation_rel_err"] or m["weight_rel_err"])]
+    kind = "activation-weighted" if p["svd"] == "whiten" else "weight"
+    ranks = sorted({r for m in p["modules"].values() for r in m["logical"]})
+    phys = sorted({r for m in p["modules"].values() for r in m["physical"]})
+    return ["", "## PaLU compression", "",
+            f"- ratio {p['ratio']}, group size {p['group_size']} ({p['groups_per_module']} groups/module, "
+            f"full rank {p['group_full_rank']}), SVD {p['svd']}, rounding {p['rounding']}, align {p['align']}",
+            f"- ranks from: {p['rank_info'].get('chosen') or p['rank_info'].get('path') or p['rank_info']['source']}",
+            f"- logical ranks {ranks}, physical ranks {phys}; aligned share (physical) {p['aligned_share']}",
+            f"- KV compression 1 - sum(r)/sum(gs*head_dim): logical {p['kv_compression_logical']:.4f}, "
+            f"physical {p['kv_compression_physical']:.4f}; latent values/token {p['latent_values_per_token']} "
+            f"vs {p['kv_values_per_token_baseline']} K+V values/token in the baseline",
+            f"- factor params {p['factor_params']:,} vs original {p['original_params']:,} "
+            f"({p['factor_param_ratio']:.3f}x)",
+            f"- calibration: {calib.get('source', 'none (plain SVD)')}, {calib.get('windows', '-')} x "
+            f"{calib.get('seq_len', '-')} tokens, sha256 {calib.get('sha256')}, cache hit {calib.get('cache_hit')}",
+            f"- {kind} relative error per group: mean {sum(errs) / len(errs):.4f}, max {max(errs):.4f}",
+            f"- verification on {v['probe_tokens']} probe tokens: max |logit diff| {v['max_abs_logit_diff']:.4f}, "
+            f"mean {v['mean_abs_logit_diff']:.4f}, top-1 agreement {v['top1_agreement']:.3f}",
+            f"- greedy generation after compression: {v['generation']!r}",
+            f"- compression took {p['compress_s']} s",
+            "- KV cache: this path keeps full reconstructed K and V in the cache (PaLU's HF path): "
+            "no KV memory is saved here"]
 
 
 def _plots(s, out):

@@ -1,0 +1,336 @@
+"""PaLU: group-head low-rank decomposition (G-LRD) of every layer's k_proj and v_proj.
+
+Each group of `group_size` consecutive KV heads gets W_g ~= B_g A_g. The stacked A_g form one
+Linear whose output (the latent) is what PaLU's kernel path caches; one B_g per group rebuilds
+the group's K or V rows. Whitened SVD (SVD-LLM style, PaLU's default) fits the factors to the
+layer's input activations, so a few huge outlier channels no longer dominate the error.
+"""
+import hashlib
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import REPO_ROOT, UsageError
+from .models import CACHE_ROOT
+
+PROJS = ("k_proj", "v_proj")
+CALIB_TEXT = REPO_ROOT / "data" / "calibration.txt"
+RATIO_DIR_NAME = re.compile(r"^(?P<model>.+?)_ratio-(?P<ratio>[0-9.]+)_gs-(?P<gs>\d+)(?:-(?P<method>.+))?$")
+
+
+class PaluLinear(nn.Module):
+    """Drop-in for k_proj/v_proj. Parameter names follow PaLU's dumps: VT (stacked A_g), U.<i> (B_g)."""
+
+    def __init__(self, in_features, ranks, group_out, bias, dtype, device):
+        super().__init__()
+        self.ranks = list(ranks)
+        self.VT = nn.Linear(in_features, sum(ranks), bias=False, dtype=dtype, device=device)
+        self.U = nn.ModuleList(nn.Linear(r, group_out, bias=False, dtype=dtype, device=device) for r in ranks)
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+
+    def forward(self, x):
+        latents = self.VT(x).split(self.ranks, dim=-1)
+        out = torch.cat([up(z) for up, z in zip(self.U, latents)], dim=-1)
+        return out + self.bias if self.bias is not None else out
+
+
+# ---------------------------------------------------------------- rank allocation
+
+def geometry(config):
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return heads, kv, head_dim
+
+
+def check_group_size(config, gs, model_name):
+    heads, kv, _ = geometry(config)
+    if gs < 1 or kv % gs or heads % gs:
+        valid = [g for g in range(1, kv + 1) if kv % g == 0 and heads % g == 0]
+        raise UsageError(f"--palu-group-size: {gs} does not divide {model_name}'s {kv} KV heads and {heads} "
+                         f"attention heads; allowed: {', '.join(map(str, valid))}")
+
+
+def module_paths(config):
+    return [f"model.layers.{i}.self_attn.{p}" for i in range(config.num_hidden_layers) for p in PROJS]
+
+
+def uniform_ranks(config, ratio, gs, rounding):
+    """round(ratio * gs*head_dim), then PaLU's rounding to a multiple (at least one multiple), capped at full."""
+    _, kv, hd = geometry(config)
+    full = gs * hd
+    r = ratio * full
+    if rounding > 1:
+        r = max(rounding, round(r / rounding) * rounding)
+    r = min(full, max(1, round(r)))
+    return {path: [r] * (kv // gs) for path in module_paths(config)}
+
+
+def read_rank_file(path, config, gs):
+    """PaLU's dumped config.json ("head_wise_ranks") or a plain JSON of the same mapping, validated."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--palu-ranks: rank file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"--palu-ranks: {path} is not valid JSON ({e})") from None
+    ranks = data.get("head_wise_ranks", data) if isinstance(data, dict) else None
+    _, kv, hd = geometry(config)
+    groups, full = kv // gs, gs * hd
+    want = module_paths(config)
+    if not isinstance(ranks, dict) or set(ranks) != set(want):
+        missing = sorted(set(want) - set(ranks or {}), key=want.index)[:2]
+        extra = sorted(set(ranks or {}) - set(want))[:2]
+        raise UsageError(f"--palu-ranks: {path} must map each of the {len(want)} k_proj/v_proj modules to a list "
+                         f"of ranks (e.g. {want[0]!r}); missing {missing}, unexpected {extra}")
+    for mod in want:
+        rs = ranks[mod]
+        if not isinstance(rs, list) or len(rs) != groups:
+            raise UsageError(f"--palu-ranks: {path}: {mod} has {rs!r}; allowed: a list of {groups} ranks "
+                             f"(one per group of {gs} KV heads)")
+        for r in rs:
+            if not isinstance(r, int) or not 1 <= r <= full:
+                raise UsageError(f"--palu-ranks: {path}: {mod} rank {r!r} is not allowed; "
+                                 f"allowed: integers 1..{full} (group size {gs} x head_dim {hd})")
+    return {mod: list(ranks[mod]) for mod in want}
+
+
+def resolve_ratio_dir(root, model_name, ratio, gs, svd):
+    """Pick the PaLU output dir matching model, ratio and group size; record every candidate seen."""
+    root = Path(root)
+    found = []
+    for cfg in sorted(root.rglob("config.json")):
+        m = RATIO_DIR_NAME.match(cfg.parent.name)
+        if m:
+            found.append({"path": str(cfg.parent), "model": m["model"], "ratio": float(m["ratio"]),
+                          "gs": int(m["gs"]), "method": m["method"] or ""})
+    match = [c for c in found if c["model"].lower() == model_name.lower()
+             and math.isclose(c["ratio"], ratio) and c["gs"] == gs]
+    if not match:
+        seen = "; ".join(f"{Path(c['path']).name}" for c in found) or "none"
+        raise UsageError(f"--palu-ranks: no PaLU output under {root} matches model {model_name}, ratio {ratio}, "
+                         f"gs {gs}; found: {seen}")
+    # Prefer the run's SVD mode in the method suffix (e.g. "fisher_uniform-whiten"), then the name.
+    match.sort(key=lambda c: (not c["method"].endswith(svd), c["method"]))
+    return match[0]["path"], found
+
+
+def allocate(pcfg, config, model_name, palu_name):
+    """Ranks per module and where they came from; every check runs before weights are loaded."""
+    gs = pcfg["group_size"]
+    check_group_size(config, gs, model_name)
+    src = pcfg.get("ranks")
+    if not src:
+        return uniform_ranks(config, pcfg["ratio"], gs, pcfg["rounding"]), {"source": "uniform"}
+    if Path(src).is_dir() and not (Path(src) / "config.json").exists():
+        chosen, candidates = resolve_ratio_dir(src, palu_name, pcfg["ratio"], gs, pcfg["svd"])
+        ranks = read_rank_file(Path(chosen) / "config.json", config, gs)
+        return ranks, {"source": "ratio_dir", "ratio_dir": str(src), "chosen": chosen, "candidates": candidates}
+    path = Path(src) / "config.json" if Path(src).is_dir() else Path(src)
+    return read_rank_file(path, config, gs), {"source": "rank_file", "path": str(path)}
+
+
+def padded(r, align):
+    return -(-r // align) * align
+
+
+# ---------------------------------------------------------------- calibration and factorization
+
+def calibration_ids(lm, pcfg):
+    """Token windows for the Gram matrices: never the perplexity evaluation text."""
+    n, t = pcfg["calib_samples"], pcfg["calib_seq_len"]
+    if lm.tokenizer is None:
+        ids = torch.randint(0, lm.spec.config.vocab_size, (n, t), generator=torch.Generator().manual_seed(0))
+        return ids, {"source": "random tokens (model has no tokenizer)", "sha256": None}
+    text, source = _calibration_text(pcfg["calib"])
+    tokens = lm.tokenizer(text, return_tensors="pt").input_ids[0]
+    n = min(n, len(tokens) // t)
+    if n < 1:
+        raise UsageError(f"--palu-calib: {source} has {len(tokens)} tokens, fewer than one window of {t}")
+    return tokens[: n * t].view(n, t), {"source": source, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def _calibration_text(choice):
+    if choice in ("auto", "wikitext2"):
+        try:
+            from datasets import load_dataset
+            rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="train")["text"]
+            return "".join(rows), "wikitext-2-raw-v1 train (HF cache)"
+        except Exception as e:  # noqa: BLE001 - any failure of the offline cache means "not cached"
+            if choice == "wikitext2":
+                raise UsageError(f"--palu-calib: WikiText-2 train is not in the local HF datasets cache ({e})".splitlines()[0]) from None
+        return CALIB_TEXT.read_text(), str(CALIB_TEXT.relative_to(REPO_ROOT))
+    path = Path(choice)
+    if not path.is_file():
+        raise UsageError(f"--palu-calib: {choice!r} is not a file; allowed: auto, wikitext2, or a text file")
+    return path.read_text(), str(path)
+
+
+@torch.inference_mode()
+def gram_matrices(lm, ids):
+    """X^T X of every layer's k/v input (k_proj and v_proj read the same normed hidden states), fp64."""
+    layers = lm.model.model.layers
+    grams = [torch.zeros(lm.spec.config.hidden_size, lm.spec.config.hidden_size, dtype=torch.float64,
+                         device=lm.device) for _ in layers]
+
+    def hook(i):
+        def add(_mod, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            grams[i].addmm_(x.T, x)
+        return add
+    handles = [layer.self_attn.k_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
+    try:
+        for row in ids.to(lm.device):
+            lm.model(input_ids=row[None], use_cache=False, logits_to_keep=1)
+    finally:
+        for h in handles:
+            h.remove()
+    return grams
+
+
+def cholesky_factor(gram):
+    """S with S S^T = G; a non-positive-definite G gets a growing multiple of mean(diag) added."""
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    scale = gram.diagonal().mean()
+    for eps in (0.0, 1e-8, 1e-6, 1e-4, 1e-2):
+        S, info = torch.linalg.cholesky_ex(gram + eps * scale * eye)
+        if info.item() == 0:
+            return S, eps
+    raise RuntimeError("Gram matrix is not positive definite even with 1e-2 * mean(diag) added")
+
+
+def factorize(W, r, S=None):
+    """W (out, in) ~= B A with B (out, r), A (r, in); whitened when S is given. fp64 in, fp64 out."""
+    if S is None:
+        U, sig, Vh = torch.linalg.svd(W, full_matrices=False)
+        root = sig[:r].sqrt()
+        return U[:, :r] * root, root[:, None] * Vh[:r]
+    U, sig, Vh = torch.linalg.svd(W @ S, full_matrices=False)
+    root = sig[:r].sqrt()
+    M = root[:, None] * Vh[:r]                                   # Σ^½ Vᵀ, (r, in)
+    A = torch.linalg.solve_triangular(S.T, M.T, upper=True).T    # Σ^½ Vᵀ S⁻¹
+    return U[:, :r] * root, A
+
+
+def activation_error(W, BA, S):
+    """‖(W − BA) Xᵀ‖ / ‖W Xᵀ‖ through S (S Sᵀ = XᵀX), without keeping X."""
+    return (torch.linalg.norm((W - BA) @ S) / torch.linalg.norm(W @ S)).item()
+
+
+def _whitening_cache_key(lm, calib, ids):
+    h = hashlib.sha256(json.dumps([lm.spec.name, lm.spec.path, calib, list(ids.shape)]).encode())
+    h.update(ids.numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def whitening_factors(lm, pcfg):
+    """Cholesky factors per layer, cached on disk by model and calibration data (a second run skips calibration)."""
+    ids, calib = calibration_ids(lm, pcfg)
+    calib.update(windows=int(ids.shape[0]), seq_len=int(ids.shape[1]))
+    path = CACHE_ROOT / "whiten" / f"{lm.spec.name.replace('/', '--')}-{_whitening_cache_key(lm, calib, ids)}.pt"
+    if path.exists() and not lm.spec.synthetic:
+        factors = torch.load(path, map_location=lm.device)
+        return factors["S"], {**calib, "cache": str(path), "cache_hit": True, "eps": factors["eps"]}
+    t0 = time.perf_counter()
+    grams = gram_matrices(lm, ids)
+    chol = [cholesky_factor(g) for g in grams]
+    S, eps = [s for s, _ in chol], [e for _, e in chol]
+    info = {**calib, "calibration_s": round(time.perf_counter() - t0, 3), "eps": eps, "cache_hit": False}
+    if not lm.spec.synthetic:   # random weights differ per seed: nothing worth reusing
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"S": [s.cpu() for s in S], "eps": eps}, tmp)
+        tmp.replace(path)
+        info["cache"] = str(path)
+    return S, info
+
+
+# ---------------------------------------------------------------- the whole model
+
+@torch.inference_mode()
+def compress(lm, ranks, pcfg, rank_info):
+    """Replace k_proj/v_proj in place; returns the facts recorded in config.json and run_summary.md."""
+    t0 = time.perf_counter()
+    config = lm.spec.config
+    _, kv, hd = geometry(config)
+    gs, align = pcfg["group_size"], pcfg["align"]
+    probe = _probe_ids(lm)
+    before = lm.model(input_ids=probe, use_cache=False).logits.float()
+    S_all, calib = whitening_factors(lm, pcfg) if pcfg["svd"] == "whiten" else (None, None)
+    modules = {}
+    for i, layer in enumerate(lm.model.model.layers):
+        attn = layer.self_attn
+        for proj in PROJS:
+            name = f"model.layers.{i}.self_attn.{proj}"
+            old = getattr(attn, proj)
+            W = old.weight.double()
+            S = S_all[i].to(W.device) if S_all is not None else None
+            logical = ranks[name]
+            phys = [padded(r, align) for r in logical]
+            new = PaluLinear(W.shape[1], phys, gs * hd, old.bias, old.weight.dtype, old.weight.device)
+            A_rows, w_err, a_err = [], [], []
+            for g, (r, p) in enumerate(zip(logical, phys)):
+                Wg = W[g * gs * hd:(g + 1) * gs * hd]
+                B, A = factorize(Wg, r, S)
+                w_err.append((torch.linalg.norm(Wg - B @ A) / torch.linalg.norm(Wg)).item())
+                if S is not None:
+                    a_err.append(activation_error(Wg, B @ A, S))
+                new.U[g].weight.copy_(nn.functional.pad(B, (0, p - r)))      # zero columns
+                A_rows.append(nn.functional.pad(A, (0, 0, 0, p - r)))          # zero rows
+            new.VT.weight.copy_(torch.cat(A_rows))
+            setattr(attn, proj, new)
+            modules[name] = {"logical": logical, "physical": phys, "weight_rel_err": w_err,
+                             "activation_rel_err": a_err or None}
+    after = lm.model(input_ids=probe, use_cache=False).logits.float()
+    facts = summarize_ranks(modules, config, gs, hd)
+    facts.update(rank_info=rank_info, svd=pcfg["svd"], ratio=pcfg["ratio"], group_size=gs,
+                 rounding=pcfg["rounding"], align=align, calibration=calib, modules=modules,
+                 compress_s=round(time.perf_counter() - t0, 3),
+                 verification=_verify(lm, before, after, probe))
+    return facts
+
+
+def summarize_ranks(modules, config, gs, hd):
+    logical = [r for m in modules.values() for r in m["logical"]]
+    phys = [r for m in modules.values() for r in m["physical"]]
+    full = gs * hd * len(logical)
+    hidden = config.hidden_size
+    orig_params = len(modules) * hidden * config.num_key_value_heads * hd
+    factor_params = sum(hidden * r + r * gs * hd for r in phys)
+    return {
+        "groups_per_module": config.num_key_value_heads // gs, "group_full_rank": gs * hd,
+        "logical_rank_mean": sum(logical) / len(logical), "physical_rank_mean": sum(phys) / len(phys),
+        "kv_compression_logical": 1 - sum(logical) / full, "kv_compression_physical": 1 - sum(phys) / full,
+        "aligned_share": {str(a): sum(r % a == 0 for r in phys) / len(phys) for a in (8, 16, 32, 64)},
+        "factor_params": factor_params, "original_params": orig_params,
+        "factor_param_ratio": factor_params / orig_params,
+        "latent_values_per_token": sum(phys),
+        "kv_values_per_token_baseline": 2 * config.num_hidden_layers * config.num_key_value_heads * hd,
+    }
+
+
+def _probe_ids(lm):
+    if lm.tokenizer is None:
+        return torch.randint(0, lm.spec.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(7)
+                             ).to(lm.device)
+    text = (REPO_ROOT / "data" / "calibration.txt").read_text()[:2000]
+    return lm.tokenizer(text, return_tensors="pt").input_ids[:, :64].to(lm.device)
+
+
+def _verify(lm, before, after, probe):
+    """Logit drift on a fixed probe, plus a short greedy generation that shows the model still speaks."""
+    diff = (after - before).abs()
+    if lm.tokenizer is not None:
+        prompt = lm.tokenizer("The capital of France is", return_tensors="pt").input_ids.to(lm.device)
+    else:
+        prompt = probe[:1, :8]
+    out = lm.model.generate(prompt, max_new_tokens=16, do_sample=False, pad_token_id=0)[0, prompt.shape[1]:]
+    return {"probe_tokens": int(probe.numel()), "max_abs_logit_diff": diff.max().item(),
+            "mean_abs_logit_diff": diff.mean().item(),
+            "top1_agreement": (after.argmax(-1) == before.argmax(-1)).float().mean().item(),
+            "generation": lm.tokenizer.decode(out) if lm.tokenizer is not None else out.tolist()}
