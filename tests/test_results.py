@@ -36,3 +36,15 @@ def test_corrupt_json_names_the_file(tmp_path):
     bad.write_text('{"cells": {"a": [1, 2')
     with pytest.raises(ResultsError, match=rf"{bad}: not valid JSON .*corrupted or truncated"):
         read_json(bad)
+
+
+def test_report_tool_names_a_truncated_raw_json(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+    (tmp_path / "raw.json").write_text('{"schema": 1, "cells": {"a"')
+    proc = subprocess.run([sys.executable, str(REPO / "tools/report.py"), str(tmp_path)], capture_output=True,
+                          text=True, env={"PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"report: {tmp_path / 'raw.json'}: not valid JSON")
