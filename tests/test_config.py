@@ -48,4 +48,4 @@ def test_length_beyond_context():
     cfg = resolve({"decode_ctx": "8000", "decode_gen": "300"})
     with pytest.raises(UsageError, match=r"^--decode-ctx \+ --decode-gen 8300 is longer than the model's context "
                                          r"of 8192 tokens; allowed: at most 8192$"):
-        check_lengths(cfg, 8192)
+        check_lengths(cfg, 8192, ["infer_sweep"])

@@ -47,6 +47,14 @@ OPTIONS = [
     ("--palu-calib", "palu.calib", "str", "PaLU: calibration text: auto, wikitext2, or a text file"),
     ("--palu-calib-samples", "palu.calib_samples", "int", "PaLU: calibration windows"),
     ("--palu-calib-seq-len", "palu.calib_seq_len", "int", "PaLU: tokens per calibration window"),
+    ("--ppl-corpus", "ppl.corpus", "str", "ppl: auto (WikiText-2 test if cached, else data/tiny_corpus.txt) or a text file"),
+    ("--ppl-seq-len", "ppl.seq_len", "int", "ppl: tokens per window"),
+    ("--ppl-stride", "ppl.stride", "int", "ppl: window stride (< seq len: sliding windows)"),
+    ("--tasks", "lmeval.tasks", "strs", "lmeval: comma-separated tasks, e.g. piqa,hellaswag"),
+    ("--limit", "lmeval.limit", "int", "lmeval: first N documents per task"),
+    ("--fewshot", "lmeval.fewshot", "ints", "lmeval: few-shot counts, each its own cell, e.g. 0,1"),
+    ("--tasks-path", "lmeval.tasks_path", "str", "lmeval: a folder of your own task YAMLs"),
+    ("--baseline-run", "baseline_run", "str", "a baseline run dir to compare a palu run with, item by item"),
 ]
 
 
@@ -62,6 +70,8 @@ def _parse(flag, kind, raw):
             return float(raw)
         if kind == "ints":
             return [int(v) for v in str(raw).split(",")]
+        if kind == "strs":
+            return [v for v in str(raw).split(",") if v]
     except ValueError:
         want = {"int": "an integer", "float": "a number", "ints": "a comma-separated list of integers"}[kind]
         raise UsageError(f"{flag}: {raw!r} is not {want}") from None
@@ -143,6 +153,19 @@ def _validate(cfg, models):
             v = cfg[suite][key]
             if not isinstance(v, int) or v < low:
                 raise UsageError(f"--{key} ({suite}): {v!r} is not allowed; it must be an integer >= {low}")
+    if cfg["lmeval"]["limit"] < 1:
+        raise UsageError(f"--limit: {cfg['lmeval']['limit']} is not allowed; it must be >= 1")
+    if not cfg["lmeval"]["tasks"] or any(k < 0 for k in cfg["lmeval"]["fewshot"]) or not cfg["lmeval"]["fewshot"]:
+        raise UsageError(f"--tasks/--fewshot: {cfg['lmeval']['tasks']}/{cfg['lmeval']['fewshot']} is not allowed; "
+                         "give at least one task and few-shot counts >= 0")
+    ppl = cfg["ppl"]
+    if ppl["seq_len"] < 2 or (ppl["stride"] is not None and not 1 <= ppl["stride"] <= ppl["seq_len"]):
+        raise UsageError(f"--ppl-seq-len/--ppl-stride: {ppl['seq_len']}/{ppl['stride']} is not allowed; "
+                         "seq len >= 2 and 1 <= stride <= seq len")
+    if ppl["corpus"] not in ("auto", "wikitext2") and not os.path.isfile(ppl["corpus"]):
+        raise UsageError(f"--ppl-corpus: {ppl['corpus']!r} is not a file; allowed: auto, wikitext2, or a text file")
+    if cfg["baseline_run"] and not os.path.isfile(os.path.join(cfg["baseline_run"], "raw.json")):
+        raise UsageError(f"--baseline-run: {cfg['baseline_run']!r} holds no raw.json; allowed: a baseline run dir")
     p = cfg["palu"]
     if not 0 < p["ratio"] <= 1:
         raise UsageError(f"--palu-ratio: {p['ratio']} is not allowed; it must be in (0, 1]")
@@ -152,10 +175,14 @@ def _validate(cfg, models):
             raise UsageError(f"--palu-{key.replace('_', '-')}: {p[key]} is not allowed; it must be >= 1")
 
 
-def check_lengths(cfg, max_positions):
+def check_lengths(cfg, max_positions, suites):
     """A cell longer than the model's context is a usage error, not an OOM or silent garbage."""
-    longest = {"--prefill-seq-len": max(cfg["prefill"]["seq_len"]),
-               "--decode-ctx + --decode-gen": max(cfg["decode"]["ctx"]) + max(cfg["decode"]["gen"])}
+    longest = {}
+    if "infer_sweep" in suites:
+        longest = {"--prefill-seq-len": max(cfg["prefill"]["seq_len"]),
+                   "--decode-ctx + --decode-gen": max(cfg["decode"]["ctx"]) + max(cfg["decode"]["gen"])}
+    if "ppl" in suites:
+        longest["--ppl-seq-len"] = cfg["ppl"]["seq_len"]
     for what, n in longest.items():
         if n > max_positions:
             raise UsageError(f"{what} {n} is longer than the model's context of {max_positions} tokens; "
@@ -165,6 +192,10 @@ def check_lengths(cfg, max_positions):
 def grid_cells(cfg, suite):
     """(test id, params) for every cell of a suite, in the YAML's order."""
     g = cfg[suite]
+    if suite == "ppl":
+        return [(f"S{g['seq_len']}" + (f"-stride{g['stride']}" if g["stride"] else ""), dict(g))]
+    if suite == "lmeval":
+        return [(f"{t}-{k}shot", {"task": t, "fewshot": k}) for t in g["tasks"] for k in g["fewshot"]]
     if suite == "prefill":
         return [(f"B{b}-S{s}", {"batch": b, "seq_len": s}) for b in g["batch"] for s in g["seq_len"]]
     return [(f"B{b}-ctx{c}-gen{n}", {"batch": b, "ctx": c, "gen": n})

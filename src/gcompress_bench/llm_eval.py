@@ -1,7 +1,7 @@
-"""python -m gcompress_bench.llm_eval --variant {baseline,palu} --suite {ppl,lmeval} --out <dir>"""
+"""python -m gcompress_bench.llm_eval --variant {baseline,palu} --suite {ppl,lmeval} --tasks piqa,hellaswag --limit 200 --out <dir>"""
 import sys
 
+from .cli import run
+
 if __name__ == "__main__":
-    print("llm_eval: the ppl and lmeval suites are not implemented yet (see the quality-suites issue); "
-          "allowed now: python -m gcompress_bench.llm_run --suite infer_sweep", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(run("llm_eval", ["ppl", "lmeval"], "ppl"))

@@ -1,7 +1,12 @@
 """Perplexity over fixed token windows (the same windows for every variant)."""
+import hashlib
 import math
+import time
+from pathlib import Path
 
 import torch
+
+from . import UsageError
 
 
 def windows(n_tokens, seq_len, stride=None):
@@ -33,3 +38,35 @@ def perplexity(model, ids, seq_len, stride=None):
         count += len(losses) - (first - 1)
     return {"ppl": math.exp(nll / count), "nll": nll / count, "tokens": count,
             "windows": len(windows(len(ids), seq_len, stride))}
+
+
+FALLBACK_CORPUS = "data/tiny_corpus.txt"
+
+
+def load_corpus(choice):
+    """(text, source): WikiText-2 raw test from the local HF datasets cache, a user's file, or the
+    project's fallback corpus, with the reason a fallback was taken."""
+    from . import REPO_ROOT
+
+    if choice not in ("auto", "wikitext2"):
+        return Path(choice).read_text(), str(choice)
+    try:
+        from datasets import load_dataset
+        rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
+        return "\n\n".join(rows), "wikitext-2-raw-v1 test (HF datasets cache)"
+    except Exception as e:  # noqa: BLE001 - any failure offline means "not cached"
+        if choice == "wikitext2":
+            raise UsageError(f"--ppl-corpus: WikiText-2 is not in the local HF datasets cache "
+                             f"({str(e).splitlines()[0]}); allowed: auto or a text file") from None
+    return (REPO_ROOT / FALLBACK_CORPUS).read_text(), f"{FALLBACK_CORPUS} (FALLBACK: WikiText-2 not in the HF cache)"
+
+
+def evaluate(lm, corpus, seq_len, stride):
+    """The ppl cell: same text, same tokenizer, same windows for every variant."""
+    text, source = load_corpus(corpus)
+    ids = lm.tokenizer(text, return_tensors="pt").input_ids[0]
+    t0 = time.perf_counter()
+    out = perplexity(lm.model, ids, seq_len, stride)
+    return {**out, "dataset": source, "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "seq_len": seq_len, "stride": stride, "seconds": time.perf_counter() - t0,
+            "window_starts": [b for b, _, _ in windows(len(ids), seq_len, stride)]}

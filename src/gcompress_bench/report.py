@@ -1,8 +1,11 @@
 """Per-run summary: summary.json, run_summary.md and plots/, always regenerated from raw.json."""
 from pathlib import Path
 
-from . import stats
+from . import compare, stats
 from .results import ResultsError, read_json, write_json
+
+QUALITY_KEYS = ("ppl", "nll", "tokens", "windows", "dataset", "sha256", "seq_len", "stride", "seconds", "task",
+                "source", "fewshot", "limit", "n", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "lm_eval")
 
 UNIT = {"latency": "ms", "ttft": "ms", "step": "ms/token", "total": "ms"}
 
@@ -10,6 +13,8 @@ UNIT = {"latency": "ms", "ttft": "ms", "step": "ms/token", "total": "ms"}
 def _cell_summary(rec):
     out = {k: rec[k] for k in ("suite", "params", "status") if k in rec}
     out.update({k: rec[k] for k in ("reason", "error", "memory", "kv_cache_bytes", "tokens") if k in rec})
+    if rec.get("suite") in ("ppl", "lmeval"):
+        out.update({k: rec[k] for k in QUALITY_KEYS if k in rec})
     if rec.get("status") != "ok" or "samples_ms" not in rec:
         return out
     out["stats_ms"] = {name: stats.describe(trials) for name, trials in rec["samples_ms"].items()}
@@ -45,6 +50,8 @@ def build_summary(run_dir):
                                                                 for s in ("prefill", "decode")},
         "model_facts": cfg.get("model_facts"), "palu": cfg.get("palu_facts"),
         "cells": cells, "not_run": not_run, "decisions": decisions,
+        "paired": ({"baseline_run": cfg["baseline_run"], "cells": compare.paired(cfg["baseline_run"], raw)}
+                   if cfg.get("baseline_run") else None),
     }
 
 
@@ -80,11 +87,50 @@ def _markdown(s):
                 cols += f" | {c['ttft_ms']:.3f} | {_fmt_bytes(c.get('kv_cache_bytes'))}"
             lines.append(f"| {cid} | ok | {st['p50']:.3f} | {st['p90']:.3f} | {st['p99']:.3f} | {st['std']:.3f} "
                          f"| {st['cv']:.3f} | {cols} | {tail} |")
+    lines += _quality_markdown(s)
     if s["palu"]:
         lines += _palu_markdown(s["palu"])
     if s["decisions"]:
         lines += ["", "## Decisions", ""] + [f"- {d}" for d in s["decisions"]]
     return "\n".join(lines) + "\n"
+
+
+def _quality_markdown(s):
+    lines = []
+    rows = [(c, v) for c, v in s["cells"].items() if v.get("suite") == "ppl"]
+    if rows:
+        lines += ["", "## ppl", "", "| cell | status | perplexity | mean NLL | tokens | windows | dataset | sha256 | s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for cid, c in rows:
+            if c["status"] != "ok":
+                lines.append(f"| {cid} | {c['status']}: {c.get('reason', '')} | — | — | — | — | — | — | — |")
+                continue
+            lines.append(f"| {cid} | ok | {c['ppl']:.4f} | {c['nll']:.4f} | {c['tokens']} | {c['windows']} | "
+                         f"{c['dataset']} | {c['sha256'][:12]} | {c['seconds']:.1f} |")
+    rows = [(c, v) for c, v in s["cells"].items() if v.get("suite") == "lmeval"]
+    if rows:
+        lines += ["", "## lmeval", "", "| cell | status | acc ± stderr | acc_norm ± stderr | n | shots | data | s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for cid, c in rows:
+            if c["status"] != "ok":
+                lines.append(f"| {cid} | {c['status']}: {c.get('reason', '')} | — | — | — | — | — | — |")
+                continue
+            lines.append(f"| {cid} | ok | {c['acc']:.4f} ± {c['acc_stderr']:.4f} | {c['acc_norm']:.4f} ± "
+                         f"{c['acc_norm_stderr']:.4f} | {c['n']} | {c['fewshot']} | {c['source']} | {c['seconds']:.1f} |")
+    if s.get("paired"):
+        lines += ["", f"## Paired comparison with baseline run {s['paired']['baseline_run']}", ""]
+        for cid, p in s["paired"]["cells"].items():
+            if "ppl_ratio" in p:
+                lines.append(f"- {cid}: perplexity {p['ppl']:.4f} vs {p['ppl_baseline']:.4f}, ratio "
+                             f"{p['ppl_ratio']:.4f} (same windows: {p['same_windows']})")
+                continue
+            for m in ("acc", "acc_norm"):
+                q = p[m]
+                lines.append(f"- {cid} {m}: palu {q['palu']:.4f} vs baseline {q['baseline']:.4f} "
+                             f"(diff {q['diff']:+.4f} over {p['n_paired']} paired items; only baseline right "
+                             f"{q['only_baseline_right']}, only palu right {q['only_palu_right']}; exact McNemar "
+                             f"p = {q['mcnemar_p']:.4f})")
+    return lines
 
 
 def _palu_markdown(p):

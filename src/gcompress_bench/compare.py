@@ -1,0 +1,40 @@
+"""Paired comparison of a palu run with a baseline run: is a delta more than noise?"""
+from math import comb
+
+from .results import read_json
+
+
+def mcnemar_exact(base_correct, other_correct):
+    """Two-sided exact McNemar test on paired 0/1 outcomes: (only-base, only-other, p-value)."""
+    b = sum(1 for x, y in zip(base_correct, other_correct) if x and not y)
+    c = sum(1 for x, y in zip(base_correct, other_correct) if y and not x)
+    n = b + c
+    p = min(1.0, 2 * sum(comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n) if n else 1.0
+    return b, c, p
+
+
+def paired(baseline_dir, raw):
+    """Per lmeval cell: accuracy difference and McNemar over the same items; per ppl cell: the ratio."""
+    base = read_json(f"{baseline_dir}/raw.json")["cells"]
+    out = {}
+    for cid, rec in raw["cells"].items():
+        ref = base.get(cid)
+        if rec.get("status") != "ok" or not ref or ref.get("status") != "ok":
+            continue
+        if rec["suite"] == "ppl":
+            same = ref["window_starts"] == rec["window_starts"] and ref["sha256"] == rec["sha256"]
+            out[cid] = {"ppl_baseline": ref["ppl"], "ppl": rec["ppl"], "ppl_ratio": rec["ppl"] / ref["ppl"],
+                        "same_windows": same}
+        elif rec["suite"] == "lmeval":
+            mine = {i["doc_id"]: i for i in rec["items"]}
+            docs = [i["doc_id"] for i in ref["items"] if i["doc_id"] in mine]
+            cell = {"n_paired": len(docs)}
+            for metric in ("acc", "acc_norm"):
+                a = [ref_i[metric] for ref_i in ref["items"] if ref_i["doc_id"] in mine]
+                b = [mine[d][metric] for d in docs]
+                only_base, only_other, p = mcnemar_exact(a, b)
+                cell[metric] = {"baseline": sum(a) / len(a), "palu": sum(b) / len(b),
+                                "diff": (sum(b) - sum(a)) / len(a), "only_baseline_right": only_base,
+                                "only_palu_right": only_other, "mcnemar_p": p}
+            out[cid] = cell
+    return out
