@@ -1,0 +1,137 @@
+"""ppl and lmeval on the embedded model, checked against independent computations."""
+import json
+import math
+
+import pytest
+import torch
+
+from gcompress_bench import UsageError, lmeval, models
+from gcompress_bench.compare import mcnemar_exact
+from gcompress_bench.config import resolve
+from gcompress_bench.ppl import evaluate as ppl_evaluate, windows
+
+from .conftest import REPO, run_cli
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return models.load(models.resolve("smollm2-135m", resolve({})["models"]), "float32", torch.device("cpu"))
+
+
+def test_windows_cover_every_token_once():
+    assert windows(10, 4) == [(0, 4, 1), (4, 8, 1), (8, 10, 1)]
+    slide = windows(10, 4, stride=2)
+    assert slide[0] == (0, 4, 1) and slide[1] == (2, 6, 2) and slide[-1][1] == 10
+    scored = [b + i for b, e, first in slide for i in range(first, e - b)]
+    assert scored == list(range(1, 10))
+
+
+@pytest.mark.slow
+def test_perplexity_matches_a_direct_loop(smol, tmp_path):
+    text = (REPO / "data/tiny_corpus.txt").read_text()[:6000]
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(text)
+    got = ppl_evaluate(smol, str(corpus), 256, None)
+    ids = smol.tokenizer(text, return_tensors="pt").input_ids[0]
+    nll, n = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(ids), 256):      # HF's own loss, token-weighted
+            chunk = ids[start:start + 256][None]
+            if chunk.shape[1] < 2:
+                break
+            nll += smol.model(input_ids=chunk, labels=chunk).loss.item() * (chunk.shape[1] - 1)
+            n += chunk.shape[1] - 1
+    assert got["tokens"] == n and got["windows"] == math.ceil(len(ids) / 256)
+    assert got["ppl"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+    assert got["dataset"] == str(corpus) and len(got["sha256"]) == 64
+
+
+def test_fallback_corpus_and_tasks_are_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from gcompress_bench.ppl import load_corpus
+    text, source = load_corpus("auto")
+    assert source == "data/tiny_corpus.txt (FALLBACK: WikiText-2 not in the HF cache)"
+    assert text == (REPO / "data/tiny_corpus.txt").read_text()
+    tasks = lmeval.resolve_tasks(["piqa", "hellaswag"])
+    assert tasks["piqa"][0]["task"] == "mini_piqa" and tasks["hellaswag"][0]["task"] == "mini_hellaswag"
+    assert tasks["piqa"][1].startswith("FALLBACK: baber/piqa is not in the local HF datasets cache; ran mini_piqa")
+
+
+def test_mini_tasks_are_balanced_and_large_enough():
+    for name, choices in (("mini_piqa", 2), ("mini_hellaswag", 4)):
+        rows = [json.loads(line) for line in (REPO / f"data/tasks/{name}.jsonl").read_text().splitlines()]
+        labels = [r["label"] for r in rows]
+        assert len(rows) >= 100 and {labels.count(k) for k in range(choices)} == {len(rows) // choices}
+
+
+@pytest.mark.slow
+def test_lmeval_through_the_real_harness_matches_direct_logliks(smol, tmp_path):
+    """A user task YAML pointing at local files (the built-in-task path, offline), scored by lm-eval;
+    each item's log-likelihoods are recomputed here directly from the model."""
+    rows = [json.loads(line) for line in (REPO / "data/tasks/mini_piqa.jsonl").read_text().splitlines()[:6]]
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    yaml_text = (REPO / "data/tasks/mini_piqa.yaml").read_text().replace("mini_piqa.jsonl", "items.jsonl")
+    (tmp_path / "my_piqa.yaml").write_text(yaml_text.replace("task: mini_piqa", "task: my_piqa"))
+    (task, source), = lmeval.resolve_tasks(["my_piqa"], str(tmp_path)).values()
+    rec = lmeval.evaluate(smol, task, source, fewshot=0, limit=5, batch_size=4)
+    assert rec["n"] == 5 and 0 <= rec["acc"] <= 1 and source.endswith("(user task)")
+    assert rec["acc"] == pytest.approx(sum(int(max(range(2), key=i["loglik"].__getitem__) == i["target"])
+                                           for i in rec["items"]) / 5)
+    for item in rec["items"][:2]:
+        row = rows[item["doc_id"]]
+        ctx = smol.tokenizer(f"Question: {row['goal']}\nAnswer:").input_ids
+        for k, sol in enumerate((row["sol1"], row["sol2"])):
+            whole = smol.tokenizer(f"Question: {row['goal']}\nAnswer: {sol}").input_ids
+            with torch.inference_mode():
+                logp = torch.log_softmax(smol.model(input_ids=torch.tensor([whole])).logits[0].float(), -1)
+            direct = sum(logp[t - 1, whole[t]].item() for t in range(len(ctx), len(whole)))
+            assert item["loglik"][k] == pytest.approx(direct, abs=1e-3)
+
+
+@pytest.mark.parametrize("b, c", [(0, 10), (3, 9), (5, 5), (1, 0), (0, 0)])
+def test_mcnemar_exact_against_scipy(b, c):
+    from scipy.stats import binomtest
+    base = [1] * b + [0] * c + [1, 0] * 3
+    other = [0] * b + [1] * c + [1, 0] * 3
+    got = mcnemar_exact(base, other)
+    assert got[:2] == (b, c)
+    assert got[2] == pytest.approx(binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0)
+    assert mcnemar_exact([1] * 10 + [0] * 0, [0] * 10)[2] == pytest.approx(2 / 1024)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--suite", "lmeval", "--tasks", "nope"], "--tasks: unknown task 'nope'; allowed: hellaswag, mini_hellaswag, "
+                                                "mini_piqa, piqa"),
+    (["--suite", "lmeval", "--limit", "0"], "--limit: 0 is not allowed; it must be >= 1"),
+    (["--suite", "ppl", "--ppl-corpus", "/no/such.txt"], "--ppl-corpus: '/no/such.txt' is not a file"),
+    (["--suite", "lmeval", "--tasks-path", "/no/such/dir"], "--tasks-path: '/no/such/dir' is not a folder"),
+    (["--suite", "ppl", "--model", "llama3-8b-shape"], "--model: 'llama3-8b-shape' has synthetic weights; the "
+                                                       "quality suites (ppl, lmeval) need pretrained weights"),
+    (["--suite", "bleu"], "llm_eval: --suite: unknown suite 'bleu'; allowed: ppl, lmeval"),
+])
+def test_quality_bad_input(tmp_path, args, message):
+    proc = run_cli("gcompress_bench.llm_eval", "--variant", "baseline", "--out", str(tmp_path / "r"), *args)
+    assert proc.returncode == 2
+    assert message in proc.stdout + proc.stderr
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("raw.json"))
+
+
+@pytest.mark.slow
+def test_llm_eval_cli_both_variants_with_paired_comparison(tmp_path):
+    common = ["--out", str(tmp_path), "--tasks", "piqa", "--fewshot", "0", "--limit", "6", "--ppl-seq-len", "256"]
+    for suite in ("ppl", "lmeval"):
+        base = run_cli("gcompress_bench.llm_eval", "--variant", "baseline", "--suite", suite, "--run-id", f"b-{suite}",
+                       *common)
+        assert base.returncode == 0, base.stdout + base.stderr
+        palu = run_cli("gcompress_bench.llm_eval", "--variant", "palu", "--suite", suite, "--run-id", f"p-{suite}",
+                       "--baseline-run", str(tmp_path / "default" / f"b-{suite}"), *common)
+        assert palu.returncode == 0, palu.stdout + palu.stderr
+        summary = json.loads((tmp_path / "default" / f"p-{suite}" / "summary.json").read_text())
+        (cell, paired), = summary["paired"]["cells"].items()
+        if suite == "ppl":
+            assert paired["same_windows"] and paired["ppl_ratio"] > 1
+        else:
+            assert paired["n_paired"] == 6 and 0 <= paired["acc"]["mcnemar_p"] <= 1
+            assert summary["cells"][cell]["source"].startswith("FALLBACK")
