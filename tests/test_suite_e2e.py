@@ -130,6 +130,8 @@ def test_missing_hf_model_fails_fast_without_network(llm_run, tmp_path):
     assert f"searched {tmp_path / 'hf' / 'hub'}" in out and "hf download meta-llama/Not-A-Real-Model-8B" in out
 
 
-def test_llm_eval_says_not_yet():
-    proc = run_cli("gcompress_bench.llm_eval", "--variant", "baseline", "--suite", "ppl")
-    assert proc.returncode == 2 and "not implemented yet" in proc.stderr
+def test_synthetic_model_keeps_timing_cells_and_drops_quality_cells():
+    proc = run_cli("pytest", "benchmarks", "--model", "llama3-8b-shape", "--profile", "full", "--co", "-q")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "gcompress-bench: 5 ppl/lmeval cells deselected: llama3-8b-shape has synthetic weights" in proc.stdout
+    assert "27/32 tests collected (5 deselected)" in proc.stdout

@@ -8,7 +8,7 @@ out=$1; shift
 limit=${SWEEP_LIMIT_S:-520}
 for v in baseline palu; do
   gpu=$([ $v = baseline ] && echo 0 || echo 1)
-  CUDA_VISIBLE_DEVICES=$gpu PYTHONUNBUFFERED=1 timeout -s INT $limit python3 -m pytest benchmarks -p no:randomly \
+  CUDA_VISIBLE_DEVICES=$gpu PYTHONUNBUFFERED=1 timeout -s INT $limit python3 -m pytest benchmarks -m "prefill or decode" \
     --variant $v --model llama3-8b-shape --profile full --results-root "$out/runs" --exp-group h200 \
     --run-id $v "$@" > "$out/$v.log" 2>&1 &
 done

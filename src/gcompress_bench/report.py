@@ -7,7 +7,6 @@ from .results import ResultsError, read_json, write_json
 QUALITY_KEYS = ("ppl", "nll", "tokens", "windows", "dataset", "sha256", "seq_len", "stride", "seconds", "task",
                 "source", "fewshot", "limit", "n", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "lm_eval")
 
-UNIT = {"latency": "ms", "ttft": "ms", "step": "ms/token", "total": "ms"}
 
 
 def _cell_summary(rec):
@@ -59,6 +58,34 @@ def _fmt_bytes(n):
     return "n/a" if n is None else f"{n / 2**20:.1f} MiB"
 
 
+def _table(title, columns, rows, render):
+    """A markdown table of cells; `render` gets every cell, ok or not (an OOM cell still has memory)."""
+    if not rows:
+        return []
+    out = ["", f"## {title}", "", "| cell | status | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for cid, c in rows:
+        status = "ok" if c["status"] == "ok" else f"{c['status']}: {c.get('reason', '')}"
+        out.append(f"| {cid} | {status} | " + " | ".join(render(c)) + " |")
+    return out
+
+
+def _rows(s, suite):
+    return [(c, v) for c, v in s["cells"].items() if v.get("suite") == suite]
+
+
+def _latency_cols(c, metric, extra):
+    mem = c.get("memory", {})
+    tail = [_fmt_bytes(mem.get("peak_allocated_bytes")), _fmt_bytes(mem.get("peak_reserved_bytes"))]
+    if c["status"] != "ok":
+        return ["—"] * (5 + len(extra)) + tail
+    st = c["stats_ms"][metric]
+    return [f"{st[k]:.3f}" for k in ("p50", "p90", "p99", "std", "cv")] + [f(c) for f in extra] + tail
+
+
+def _dash_unless_ok(n, render):
+    return lambda c: render(c) if c["status"] == "ok" else ["—"] * n
+
+
 def _markdown(s):
     lines = [f"# Run {s['run_id']}", "",
              f"- variant: **{s['variant']}**; model: `{s['model']}` ({s['weights']}); dtype {s['dtype']}; "
@@ -66,28 +93,24 @@ def _markdown(s):
              f"- timer: {s['timer']}; profile {s['profile']}; iterations {s['iterations']}"]
     if s["weights"] == "synthetic weights":
         lines.append("- **synthetic weights**: timing only; no quality number comes from this run")
-    heads = {"prefill": ("latency", ["B", "S"]), "decode": ("step", ["B", "ctx", "gen"])}
-    for suite, (metric, keys) in heads.items():
-        rows = {c: v for c, v in s["cells"].items() if v.get("suite") == suite}
-        if not rows:
-            continue
-        extra = "tokens/s | TTFT p50 ms | KV cache" if suite == "decode" else "tokens/s"
-        header = f"| cell | status | p50 | p90 | p99 | std | cv | {extra} | peak alloc | peak reserved |"
-        lines += ["", f"## {suite} ({UNIT[metric]})", "", header, "|---" * (header.count("|") - 1) + "|"]
-        for cid, c in rows.items():
-            mem = c.get("memory", {})
-            tail = f"{_fmt_bytes(mem.get('peak_allocated_bytes'))} | {_fmt_bytes(mem.get('peak_reserved_bytes'))}"
-            if c["status"] != "ok":
-                blanks = " | ".join(["—"] * (6 + extra.count("|") + 1))
-                lines.append(f"| {cid} | {c['status']}: {c.get('reason', '')} | {blanks} | {tail} |")
-                continue
-            st = c["stats_ms"][metric]
-            cols = f"{c['tokens_per_s']:.1f}"
-            if suite == "decode":
-                cols += f" | {c['ttft_ms']:.3f} | {_fmt_bytes(c.get('kv_cache_bytes'))}"
-            lines.append(f"| {cid} | ok | {st['p50']:.3f} | {st['p90']:.3f} | {st['p99']:.3f} | {st['std']:.3f} "
-                         f"| {st['cv']:.3f} | {cols} | {tail} |")
-    lines += _quality_markdown(s)
+    stat_cols = ["p50", "p90", "p99", "std", "cv"]
+    mem_cols = ["peak alloc", "peak reserved"]
+    prefill_extra = [lambda c: f"{c['tokens_per_s']:.1f}"]
+    decode_extra = prefill_extra + [lambda c: f"{c['ttft_ms']:.3f}", lambda c: _fmt_bytes(c.get("kv_cache_bytes"))]
+    lines += _table("prefill (ms)", stat_cols + ["tokens/s"] + mem_cols, _rows(s, "prefill"),
+                    lambda c: _latency_cols(c, "latency", prefill_extra))
+    lines += _table("decode (ms/token)", stat_cols + ["tokens/s", "TTFT p50 ms", "KV cache"] + mem_cols,
+                    _rows(s, "decode"), lambda c: _latency_cols(c, "step", decode_extra))
+    lines += _table("ppl", ["perplexity", "mean NLL", "tokens", "windows", "dataset", "sha256", "s"], _rows(s, "ppl"),
+                    _dash_unless_ok(7, lambda c: [f"{c['ppl']:.4f}", f"{c['nll']:.4f}", str(c["tokens"]),
+                                                  str(c["windows"]), c["dataset"], c["sha256"][:12],
+                                                  f"{c['seconds']:.1f}"]))
+    lines += _table("lmeval", ["acc ± stderr", "acc_norm ± stderr", "n", "shots", "data", "s"], _rows(s, "lmeval"),
+                    _dash_unless_ok(6, lambda c: [f"{c['acc']:.4f} ± {c['acc_stderr']:.4f}",
+                                                  f"{c['acc_norm']:.4f} ± {c['acc_norm_stderr']:.4f}", str(c["n"]),
+                                                  str(c["fewshot"]), c["source"], f"{c['seconds']:.1f}"]))
+    if s.get("paired"):
+        lines += _paired_markdown(s["paired"])
     if s["palu"]:
         lines += _palu_markdown(s["palu"])
     if s["decisions"]:
@@ -95,41 +118,19 @@ def _markdown(s):
     return "\n".join(lines) + "\n"
 
 
-def _quality_markdown(s):
-    lines = []
-    rows = [(c, v) for c, v in s["cells"].items() if v.get("suite") == "ppl"]
-    if rows:
-        lines += ["", "## ppl", "", "| cell | status | perplexity | mean NLL | tokens | windows | dataset | sha256 | s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for cid, c in rows:
-            if c["status"] != "ok":
-                lines.append(f"| {cid} | {c['status']}: {c.get('reason', '')} | — | — | — | — | — | — | — |")
-                continue
-            lines.append(f"| {cid} | ok | {c['ppl']:.4f} | {c['nll']:.4f} | {c['tokens']} | {c['windows']} | "
-                         f"{c['dataset']} | {c['sha256'][:12]} | {c['seconds']:.1f} |")
-    rows = [(c, v) for c, v in s["cells"].items() if v.get("suite") == "lmeval"]
-    if rows:
-        lines += ["", "## lmeval", "", "| cell | status | acc ± stderr | acc_norm ± stderr | n | shots | data | s |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for cid, c in rows:
-            if c["status"] != "ok":
-                lines.append(f"| {cid} | {c['status']}: {c.get('reason', '')} | — | — | — | — | — | — |")
-                continue
-            lines.append(f"| {cid} | ok | {c['acc']:.4f} ± {c['acc_stderr']:.4f} | {c['acc_norm']:.4f} ± "
-                         f"{c['acc_norm_stderr']:.4f} | {c['n']} | {c['fewshot']} | {c['source']} | {c['seconds']:.1f} |")
-    if s.get("paired"):
-        lines += ["", f"## Paired comparison with baseline run {s['paired']['baseline_run']}", ""]
-        for cid, p in s["paired"]["cells"].items():
-            if "ppl_ratio" in p:
-                lines.append(f"- {cid}: perplexity {p['ppl']:.4f} vs {p['ppl_baseline']:.4f}, ratio "
-                             f"{p['ppl_ratio']:.4f} (same windows: {p['same_windows']})")
-                continue
-            for m in ("acc", "acc_norm"):
-                q = p[m]
-                lines.append(f"- {cid} {m}: palu {q['palu']:.4f} vs baseline {q['baseline']:.4f} "
-                             f"(diff {q['diff']:+.4f} over {p['n_paired']} paired items; only baseline right "
-                             f"{q['only_baseline_right']}, only palu right {q['only_palu_right']}; exact McNemar "
-                             f"p = {q['mcnemar_p']:.4f})")
+def _paired_markdown(paired):
+    lines = ["", f"## Paired comparison with baseline run {paired['baseline_run']}", ""]
+    for cid, p in paired["cells"].items():
+        if "ppl_ratio" in p:
+            lines.append(f"- {cid}: perplexity {p['ppl']:.4f} vs {p['ppl_baseline']:.4f}, ratio "
+                         f"{p['ppl_ratio']:.4f} (same windows: {p['same_windows']})")
+            continue
+        for m in ("acc", "acc_norm"):
+            q = p[m]
+            lines.append(f"- {cid} {m}: palu {q['palu']:.4f} vs baseline {q['baseline']:.4f} "
+                         f"(diff {q['diff']:+.4f} over {p['n_paired']} paired items; only baseline right "
+                         f"{q['only_baseline_right']}, only palu right {q['only_palu_right']}; exact McNemar "
+                         f"p = {q['mcnemar_p']:.4f})")
     return lines
 
 
