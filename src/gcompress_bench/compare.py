@@ -14,10 +14,14 @@ def mcnemar_exact(base_correct, other_correct):
 
 
 def paired(baseline_dir, raw):
-    """Per lmeval cell: accuracy difference and McNemar over the same items; per ppl cell: the ratio."""
-    base = read_json(f"{baseline_dir}/raw.json")["cells"]
+    return paired_cells(read_json(f"{baseline_dir}/raw.json")["cells"], raw["cells"])
+
+
+def paired_cells(base, cells):
+    """Per lmeval cell: accuracy difference and McNemar over the same items; per ppl cell: the ratio.
+    Takes raw cells (they hold the per-item outcomes and window offsets)."""
     out = {}
-    for cid, rec in raw["cells"].items():
+    for cid, rec in cells.items():
         ref = base.get(cid)
         if rec.get("status") != "ok" or not ref or ref.get("status") != "ok":
             continue

@@ -1,7 +1,7 @@
 """Per-run summary: summary.json, run_summary.md and plots/, always regenerated from raw.json."""
 from pathlib import Path
 
-from . import compare, stats
+from . import compare, plots, stats
 from .results import ResultsError, read_json, write_json
 
 QUALITY_KEYS = ("ppl", "nll", "tokens", "windows", "dataset", "sha256", "seq_len", "stride", "seconds", "task",
@@ -163,41 +163,13 @@ def _palu_markdown(p):
 
 
 def _plots(s, out):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out.mkdir(exist_ok=True)
+    series = {s["variant"]: s["cells"]}
     made = []
-    ok = {c: v for c, v in s["cells"].items() if v["status"] == "ok"}
-    pre = [v for v in ok.values() if v["suite"] == "prefill"]
-    if pre:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for b in sorted({v["params"]["batch"] for v in pre}):
-            pts = sorted((v["params"]["seq_len"], v["stats_ms"]["latency"]) for v in pre if v["params"]["batch"] == b)
-            xs = [x for x, _ in pts]
-            p50 = [st["p50"] for _, st in pts]
-            ax.errorbar(xs, p50, yerr=[[0] * len(pts), [st["p90"] - st["p50"] for _, st in pts]],
-                        marker="o", capsize=3, label=f"B={b}")
-        ax.set(xscale="log", yscale="log", xlabel="sequence length S (tokens)", ylabel="prefill latency p50 (ms)",
-               title=f"prefill, {s['variant']}, {s['model']} (bar to p90)")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "prefill_latency.png", dpi=120)
-        plt.close(fig)
-        made.append("prefill_latency.png")
-    dec = [(c, v) for c, v in ok.items() if v["suite"] == "decode"]
-    if dec:
-        fig, ax = plt.subplots(figsize=(max(6, len(dec) * 0.6), 4))
-        st = [v["stats_ms"]["step"] for _, v in dec]
-        ax.bar(range(len(dec)), [x["p50"] for x in st], yerr=[[0] * len(st), [x["p90"] - x["p50"] for x in st]],
-               capsize=3)
-        ax.set_xticks(range(len(dec)), [c for c, _ in dec], rotation=45, ha="right")
-        ax.set(ylabel="decode step p50 (ms/token)", title=f"decode, {s['variant']}, {s['model']} (bar to p90)")
-        fig.tight_layout()
-        fig.savefig(out / "decode_ms_per_token.png", dpi=120)
-        plt.close(fig)
-        made.append("decode_ms_per_token.png")
+    if any(c["suite"] == "prefill" and c["status"] == "ok" for c in s["cells"].values()):
+        made.append(plots.save(plots.prefill_latency(series, s["model"]), out / "prefill_latency.png"))
+    if any(c["suite"] == "decode" and c["status"] == "ok" for c in s["cells"].values()):
+        made.append(plots.save(plots.decode_latency(series, s["model"]), out / "decode_ms_per_token.png"))
     return made
 
 

@@ -1,0 +1,96 @@
+"""Figures from summary cells. Every function takes `series` = {variant: {cell id: summary cell}}, so one
+run and a baseline-vs-palu comparison draw through the same code; each returns the Figure (tests read
+its data) and `save` writes it as a PNG."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STYLE = {"baseline": "-", "palu": "--"}
+
+
+def _ok(cells, suite):
+    return [c for c in cells.values() if c.get("suite") == suite and c["status"] == "ok"]
+
+
+def _line_per_batch(series, suite, x_key, metric, title, xlabel, ylabel, split=None):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant, cells in series.items():
+        ok = _ok(cells, suite)
+        groups = sorted({(c["params"]["batch"], c["params"].get(split)) for c in ok})
+        for batch, extra in groups:
+            pts = sorted((c["params"][x_key], c["stats_ms"][metric]) for c in ok
+                         if c["params"]["batch"] == batch and c["params"].get(split) == extra)
+            label = f"{variant} B={batch}" + (f" {split}={extra}" if split else "")
+            ax.errorbar([x for x, _ in pts], [s["p50"] for _, s in pts],
+                        yerr=[[0] * len(pts), [s["p90"] - s["p50"] for _, s in pts]],
+                        linestyle=STYLE.get(variant, ":"), marker="o", capsize=3, label=label)
+    ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def prefill_latency(series, model):
+    return _line_per_batch(series, "prefill", "seq_len", "latency", f"prefill latency, {model} (p50, bar to p90)",
+                           "sequence length S (tokens)", "latency (ms)")
+
+
+def decode_latency(series, model):
+    return _line_per_batch(series, "decode", "ctx", "step", f"decode step, {model} (p50, bar to p90)",
+                           "context length (tokens)", "ms per token", split="gen")
+
+
+def speedup_heatmap(rows, cols, values, title, row_label, col_label):
+    """values[(row, col)] = baseline p50 / palu p50 (None: missing on a side)."""
+    import numpy as np
+    grid = np.array([[values.get((r, c)) if values.get((r, c)) is not None else np.nan for c in cols] for r in rows],
+                    dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2.5, 0.8 * len(rows) + 2))
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=0.5, vmax=1.5)
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, "missing" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}x", ha="center", va="center",
+                    fontsize=8)
+    ax.set(xlabel=col_label, ylabel=row_label, title=title)
+    fig.colorbar(im, ax=ax, label="speedup (baseline p50 / palu p50)")
+    fig.tight_layout()
+    return fig
+
+
+def grouped_bars(labels, bars, title, ylabel, errors=None):
+    """bars = {series name: [value or None per label]}; None is drawn as a 'missing' mark."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) * len(bars)), 4.5))
+    width = 0.8 / max(len(bars), 1)
+    for k, (name, vals) in enumerate(bars.items()):
+        xs = [i + k * width for i in range(len(labels))]
+        ys = [v if v is not None else 0 for v in vals]
+        err = (errors or {}).get(name)
+        ax.bar(xs, ys, width, label=name, yerr=[e or 0 for e in err] if err else None, capsize=3)
+        for x, v in zip(xs, vals):
+            if v is None:
+                ax.text(x, 0, "missing", rotation=90, ha="center", va="bottom", fontsize=7)
+    ax.set_xticks([i + width * (len(bars) - 1) / 2 for i in range(len(labels))], labels, rotation=30, ha="right",
+                  fontsize=8)
+    ax.set(title=title, ylabel=ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def distribution(samples, title, ylabel):
+    """samples = {series name: flat list of ms}: a box plot of the raw samples of one cell."""
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.boxplot(list(samples.values()), tick_labels=list(samples), showfliers=True)
+    ax.set(title=title, ylabel=ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path):
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
