@@ -207,21 +207,21 @@ def write_plots(rep, b, p, out, cell=None):
                                                      "(ctx, gen)"), out / "decode_speedup.png"))
     mem = rep["prefill"] + rep["decode"]
     if mem:
-        bars = {f"{n} peak alloc": [r[n].get("peak_allocated_bytes") and r[n]["peak_allocated_bytes"] / 2**20
-                                    for r in mem] for n in SIDES}
-        bars.update({f"{n} KV cache": [r[n].get("kv_cache_bytes") and r[n]["kv_cache_bytes"] / 2**20
-                                       for r in mem] for n in SIDES})
-        made.append(plots.save(plots.grouped_bars([r["cell"] for r in mem], bars, "memory per cell", "MiB"),
-                               out / "memory.png"))
+        mib = lambda rows, key: {n: [r[n].get(key) and r[n][key] / 2**20 for r in rows] for n in SIDES}  # noqa: E731
+        made.append(plots.save(plots.panels([
+            ([r["cell"] for r in mem], mib(mem, "peak_allocated_bytes"), "peak allocated per cell", "MiB", None),
+            ([r["cell"] for r in rep["decode"]], mib(rep["decode"], "kv_cache_bytes"),
+             "KV cache at the end of a generation", "MiB", None)]), out / "memory.png"))
     if rep["ppl"]:
         made.append(plots.save(plots.grouped_bars([r["cell"] for r in rep["ppl"]],
                                                   {n: [r[n].get("ppl") for r in rep["ppl"]] for n in SIDES},
                                                   "perplexity (lower is better)", "perplexity"), out / "ppl.png"))
     if rep["lmeval"]:
-        labels = [r["cell"] for r in rep["lmeval"]]
-        made.append(plots.save(plots.grouped_bars(
-            labels, {n: [r[n].get("acc") for r in rep["lmeval"]] for n in SIDES}, "accuracy (acc ± stderr)", "acc",
-            errors={n: [r[n].get("acc_stderr") for r in rep["lmeval"]] for n in SIDES}), out / "accuracy.png"))
+        labels = [r["cell"].removeprefix("test_lmeval") for r in rep["lmeval"]]
+        made.append(plots.save(plots.panels([
+            (labels, {n: [r[n].get(m) for r in rep["lmeval"]] for n in SIDES}, f"{m} ± stderr", m,
+             {n: [r[n].get(f"{m}_stderr") for r in rep["lmeval"]] for n in SIDES}) for m in ("acc", "acc_norm")]),
+            out / "accuracy.png"))
     suite, cid = (("decode" if cell.startswith("test_decode") else "prefill"), cell) if cell else _default_cell(rep)
     if cid:
         metric = "step" if suite == "decode" else "latency"

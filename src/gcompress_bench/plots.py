@@ -15,17 +15,23 @@ def _ok(cells, suite):
 
 def _line_per_batch(series, suite, x_key, metric, title, xlabel, ylabel, split=None):
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups = sorted({(c["params"]["batch"], c["params"].get(split)) for cells in series.values()
+                     for c in _ok(cells, suite)})
+    color = {g: f"C{i}" for i, g in enumerate(groups)}   # one colour per (B, gen) across variants
+    xs_all = set()
     for variant, cells in series.items():
         ok = _ok(cells, suite)
-        groups = sorted({(c["params"]["batch"], c["params"].get(split)) for c in ok})
-        for batch, extra in groups:
+        for batch, extra in sorted({(c["params"]["batch"], c["params"].get(split)) for c in ok}):
             pts = sorted((c["params"][x_key], c["stats_ms"][metric]) for c in ok
                          if c["params"]["batch"] == batch and c["params"].get(split) == extra)
             label = f"{variant} B={batch}" + (f" {split}={extra}" if split else "")
+            xs_all.update(x for x, _ in pts)
             ax.errorbar([x for x, _ in pts], [s["p50"] for _, s in pts],
-                        yerr=[[0] * len(pts), [s["p90"] - s["p50"] for _, s in pts]],
+                        yerr=[[0] * len(pts), [s["p90"] - s["p50"] for _, s in pts]], color=color[(batch, extra)],
                         linestyle=STYLE.get(variant, ":"), marker="o", capsize=3, label=label)
     ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.set_xticks(sorted(xs_all), [str(x) for x in sorted(xs_all)])
+    ax.minorticks_off()
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -63,7 +69,27 @@ def speedup_heatmap(rows, cols, values, title, row_label, col_label):
 
 def grouped_bars(labels, bars, title, ylabel, errors=None):
     """bars = {series name: [value or None per label]}; None is drawn as a 'missing' mark."""
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) * len(bars)), 4.5))
+    fig, ax = plt.subplots(figsize=(min(14, max(6, 0.5 * len(labels) * len(bars))), 4.5))
+    _bars(ax, labels, bars, title, ylabel, errors)
+    fig.tight_layout()
+    return fig
+
+
+def panels(specs):
+    """Side-by-side bar panels: specs = [(labels, bars, title, ylabel, errors or None), ...]."""
+    fig, axes = plt.subplots(1, len(specs), figsize=(min(16, 5.5 * len(specs)), 4.8), squeeze=False)
+    for ax, spec in zip(axes[0], specs):
+        _bars(ax, *spec)
+    fig.tight_layout()
+    return fig
+
+
+def _bars(ax, labels, bars, title, ylabel, errors=None):
+    if not labels or all(v is None for vals in bars.values() for v in vals):
+        ax.text(0.5, 0.5, "not measured here\n(no CUDA device)" if "alloc" in title else "no data",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=title, xticks=[], yticks=[])
+        return
     width = 0.8 / max(len(bars), 1)
     for k, (name, vals) in enumerate(bars.items()):
         xs = [i + k * width for i in range(len(labels))]
@@ -77,8 +103,6 @@ def grouped_bars(labels, bars, title, ylabel, errors=None):
                   fontsize=8)
     ax.set(title=title, ylabel=ylabel)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 def distribution(samples, title, ylabel):

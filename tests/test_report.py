@@ -1,0 +1,105 @@
+"""The baseline-vs-palu report on real quick runs of both variants (smollm2-135m, CPU)."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from gcompress_bench import comparison, plots
+
+from .conftest import REPO, TINY, run_cli
+
+PNGS = ["prefill_latency.png", "prefill_speedup.png", "decode_ms_per_token.png", "decode_speedup.png",
+        "memory.png", "ppl.png", "accuracy.png", "distribution.png"]
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    quality = ["--ppl-seq-len", "256", "--tasks", "piqa", "--fewshot", "0", "--limit", "4"]
+    for variant in ("baseline", "palu"):
+        oom = ["--", "-p", "tests.plugins.oom_cell"] if variant == "palu" else []
+        proc = run_cli("gcompress_bench.llm_run", "--variant", variant, *TINY, "--out", str(root), "--exp-group", "g",
+                       "--run-id", f"{variant}-infer", *oom)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        for suite in ("ppl", "lmeval"):
+            proc = run_cli("gcompress_bench.llm_eval", "--variant", variant, "--suite", suite, *quality,
+                           "--out", str(root), "--exp-group", "g", "--run-id", f"{variant}-{suite}")
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+    return root
+
+
+def plot_tool(*args):
+    return subprocess.run([sys.executable, str(REPO / "tools/plot_llm_results.py"), *args], capture_output=True,
+                          text=True, env={"PYTHONPATH": str(REPO / "src")}, cwd=REPO)
+
+
+@pytest.mark.slow
+def test_exp_group_report_is_complete_and_matches_the_summaries(group, tmp_path):
+    proc = plot_tool("--exp-group", "g", "--results-root", str(group), "--out", str(tmp_path / "rep"))
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "rep"
+    md = (out / "report.md").read_text()
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(PNGS)
+    for png in PNGS:
+        img = imread(out / png)
+        assert 300 < img.shape[0] < 3000 and 300 < img.shape[1] < 3000, png
+        assert img[..., :3].std() > 0.02, f"{png} looks blank"
+    summary = {v: json.loads((group / "g" / f"{v}-infer" / "summary.json").read_text())["cells"]
+               for v in ("baseline", "palu")}
+    b, p = summary["baseline"]["test_prefill[B1-S16]"], summary["palu"]["test_prefill[B1-S16]"]
+    bl, pl = b["stats_ms"]["latency"], p["stats_ms"]["latency"]
+    assert (f"| test_prefill[B1-S16] | {bl['p50']:.3f} | {bl['p90']:.3f} | {bl['p99']:.3f} | {pl['p50']:.3f} | "
+            f"{pl['p90']:.3f} | {pl['p99']:.3f} | {bl['p50'] / pl['p50']:.3f}x |") in md
+    d = summary["baseline"]["test_decode[B1-ctx16-gen4]"]
+    assert f"| test_decode[B1-ctx16-gen4] | {d['stats_ms']['step']['p50']:.3f} |" in md
+    # the palu OOM cell is shown as missing with its reason, never dropped
+    assert "| test_prefill[B2-S16] |" in md and "skipped: OOM" in md.split("| test_prefill[B2-S16] |")[1].split("\n")[0]
+    assert md.split("| test_prefill[B2-S16] |")[1].split("\n")[0].rstrip().endswith("missing |")
+    ppl = {v: json.loads((group / "g" / f"{v}-ppl" / "summary.json").read_text())["cells"]["test_ppl[S256]"]["ppl"]
+           for v in ("baseline", "palu")}
+    assert f"| test_ppl[S256] | {ppl['baseline']:.4f} | {ppl['palu']:.4f} | {ppl['palu'] / ppl['baseline']:.4f} | True |" in md
+    acc = json.loads((group / "g" / "palu-lmeval" / "summary.json").read_text())["cells"]["test_lmeval[piqa-0shot]"]
+    assert f"| {acc['acc']:.4f} ± {acc['acc_stderr']:.4f} |" in md and "exact McNemar" in md
+    assert "## PaLU compression" in md and "every run on the same GPU" in md
+
+
+@pytest.mark.slow
+def test_figures_hold_the_series_they_should(group):
+    g = group / "g"
+    rep, b, p = comparison.build([g / "baseline-infer", g / "baseline-ppl", g / "baseline-lmeval"],
+                                 [g / "palu-infer", g / "palu-ppl", g / "palu-lmeval"])
+    fig = plots.prefill_latency({"baseline": b["cells"], "palu": p["cells"]}, "m")
+    lines = {c.get_label(): c.lines[0].get_ydata() for c in fig.axes[0].containers}
+    assert set(lines) == {"baseline B=1", "baseline B=2", "palu B=1"}          # palu B=2 ran out of memory
+    assert lines["palu B=1"][0] == p["cells"]["test_prefill[B1-S16]"]["stats_ms"]["latency"]["p50"]
+    heat = {r["cell"]: r["speedup"] for r in rep["prefill"]}
+    assert heat["test_prefill[B2-S16]"] is None and heat["test_prefill[B1-S16]"] > 0
+    dist = plots.distribution({"baseline": [1.0, 2.0, 3.0], "palu": [2.0, 4.0]}, "t", "ms")
+    assert [t.get_text() for t in dist.axes[0].get_xticklabels()] == ["baseline", "palu"]
+
+
+@pytest.mark.slow
+def test_cross_machine_comparison_is_flagged(group, tmp_path):
+    other = tmp_path / "palu-infer"
+    shutil.copytree(group / "g" / "palu-infer", other)
+    env = json.loads((other / "env.json").read_text())
+    env["gpu"], env["torch"] = "NVIDIA A100-SXM4-80GB", "2.4.0"
+    (other / "env.json").write_text(json.dumps(env))
+    rep, _, _ = comparison.build([group / "g" / "baseline-infer"], [other])
+    assert any(w.startswith("runs differ in gpu: ['NVIDIA A100-SXM4-80GB', 'None']") for w in rep["warnings"])
+    assert any(w.startswith("runs differ in torch:") for w in rep["warnings"])
+
+
+def test_truncated_raw_json_is_named(tmp_path):
+    run = tmp_path / "g" / "r"
+    run.mkdir(parents=True)
+    (run / "raw.json").write_text('{"schema": 1, "variant": "baseline", "cells": {"x": {"st')
+    proc = plot_tool("--baseline", str(run), "--palu", str(run), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"plot_llm_results: {run / 'raw.json'}: not valid JSON")
+    proc = plot_tool("--exp-group", "none", "--results-root", str(tmp_path))
+    assert proc.returncode == 2 and "need at least one baseline and one palu run" in proc.stderr
