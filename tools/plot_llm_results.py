@@ -27,17 +27,23 @@ def main(argv=None):
     ap.add_argument("--results-root", default="results")
     ap.add_argument("--out")
     ap.add_argument("--cell", help="cell whose raw samples get the distribution plot (default: a decode cell)")
+    ap.add_argument("--jobs", help="a markdown table of the Slurm jobs behind the runs, put first in report.md")
     args = ap.parse_args(argv)
+    out = Path(args.out or Path("reports") / (args.exp_group or "comparison"))
+    jobs = Path(args.jobs).read_text() if args.jobs else ""
     try:
         base, palu = args.baseline, args.palu
         if args.exp_group:
             base, palu = runs_of_group(args.results_root, args.exp_group)
         if not base or not palu:
-            print("plot_llm_results: need at least one baseline and one palu run (--baseline/--palu, or --exp-group "
-                  f"with both under {args.results_root}/{args.exp_group})", file=sys.stderr)
+            msg = ("need at least one baseline and one palu run (--baseline/--palu, or --exp-group with both under "
+                   f"{args.results_root}/{args.exp_group})")
+            if jobs:   # a night whose jobs failed still gets a report that says so
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "report.md").write_text(f"# baseline vs palu\n\n{jobs}\nNo comparison: {msg}\n")
+            print(f"plot_llm_results: {msg}", file=sys.stderr)
             return 2
-        out = Path(args.out or Path("reports") / (args.exp_group or "comparison"))
-        rep = write(base, palu, out, args.cell)
+        rep = write(base, palu, out, args.cell, jobs)
     except ResultsError as e:
         print(f"plot_llm_results: {e}", file=sys.stderr)
         return 2

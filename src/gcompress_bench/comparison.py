@@ -20,7 +20,9 @@ def load_side(run_dirs):
             if side["cells"].get(cid, {}).get("status") == "ok" and cell["status"] != "ok":
                 continue   # a finished copy of a cell (e.g. from a re-run shard) wins over a failed one
             side["cells"][cid], side["raw"][cid] = cell, raw[cid]
-        side["runs"].append({"dir": str(d), "run_id": s["run_id"], "variant": s["variant"],
+        timing = any(c.get("suite") in ("prefill", "decode") for c in s["cells"].values())
+        side["runs"].append({"dir": str(d), "run_id": s["run_id"], "variant": s["variant"], "timing": timing,
+                             "span": [read_json(d / "env.json").get("time_utc"), s.get("updated_utc")],
                              **{k: s[k] for k in RUN_KEYS}})
         side["envs"].append(read_json(d / "env.json"))
         side["palu"] = side["palu"] or s["palu"]
@@ -82,6 +84,12 @@ def environment_check(b, p):
         vals = {str(e.get(key)) for _, e in runs}
         if len(vals) > 1:
             warnings.append(f"runs differ in {key}: {sorted(vals)}; a comparison across machines or software")
+    timed = [(r, e) for r, e in runs if r["timing"] and all(r["span"])]
+    for i, (r1, e1) in enumerate(timed):
+        for r2, e2 in timed[i + 1:]:
+            if e1.get("host") == e2.get("host") and r1["span"][0] <= r2["span"][1] and r2["span"][0] <= r1["span"][1]:
+                warnings.append(f"timing runs {r1['run_id']} and {r2['run_id']} overlapped in time on host "
+                                f"{e1.get('host')}: they shared its CPUs, so launch-bound cells are inflated")
     return warnings
 
 
@@ -232,11 +240,12 @@ def write_plots(rep, b, p, out, cell=None):
     return made
 
 
-def write(baseline_dirs, palu_dirs, out, cell=None):
+def write(baseline_dirs, palu_dirs, out, cell=None, jobs=""):
     rep, b, p = build(baseline_dirs, palu_dirs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rep["plots"] = write_plots(rep, b, p, out, cell)
     write_json(out / "report.json", rep)
-    (out / "report.md").write_text(markdown(rep) + "\n" + "\n".join(f"![{n}]({n})" for n in rep["plots"]) + "\n")
+    md = markdown(rep).replace("\n\nRuns:", f"\n\n{jobs}\nRuns:", 1) if jobs else markdown(rep)
+    (out / "report.md").write_text(md + "\n" + "\n".join(f"![{n}]({n})" for n in rep["plots"]) + "\n")
     return rep

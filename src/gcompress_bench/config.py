@@ -55,6 +55,7 @@ OPTIONS = [
     ("--fewshot", "lmeval.fewshot", "ints", "lmeval: few-shot counts, each its own cell, e.g. 0,1"),
     ("--tasks-path", "lmeval.tasks_path", "str", "lmeval: a folder of your own task YAMLs"),
     ("--baseline-run", "baseline_run", "str", "a baseline run dir to compare a palu run with, item by item"),
+    ("--shard", "shard", "str", "i/N: run only slice i (0-based) of N of the selected cells, balanced by cost"),
 ]
 
 
@@ -166,6 +167,8 @@ def _validate(cfg, models):
         raise UsageError(f"--ppl-corpus: {ppl['corpus']!r} is not a file; allowed: auto, wikitext2, or a text file")
     if cfg["baseline_run"] and not os.path.isfile(os.path.join(cfg["baseline_run"], "raw.json")):
         raise UsageError(f"--baseline-run: {cfg['baseline_run']!r} holds no raw.json; allowed: a baseline run dir")
+    if cfg.get("shard") is not None:
+        cfg["shard"] = parse_shard(cfg["shard"])
     p = cfg["palu"]
     if not 0 < p["ratio"] <= 1:
         raise UsageError(f"--palu-ratio: {p['ratio']} is not allowed; it must be in (0, 1]")
@@ -200,3 +203,33 @@ def grid_cells(cfg, suite):
         return [(f"B{b}-S{s}", {"batch": b, "seq_len": s}) for b in g["batch"] for s in g["seq_len"]]
     return [(f"B{b}-ctx{c}-gen{n}", {"batch": b, "ctx": c, "gen": n})
             for b in g["batch"] for c in g["ctx"] for n in g["gen"]]
+
+
+def parse_shard(text):
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if n < 1 or not 0 <= i < n:
+        raise UsageError(f"--shard: {text!r} is not allowed; allowed: i/N with N >= 1 and 0 <= i < N, e.g. 0/2")
+    return [i, n]
+
+
+def cell_cost(suite, params):
+    """Expected cost of a cell, for balancing shards: tokens pushed through the model per iteration;
+    a decode step is launch-bound, so it weighs like a fixed-size forward per token."""
+    if suite == "prefill":
+        return params["batch"] * params["seq_len"]
+    if suite == "decode":
+        return params["gen"] * (256 + params["batch"] * params["ctx"] // 8)
+    return 10 ** 6
+
+
+def shard_cells(costs, n):
+    """Deterministic longest-first partition: {cell id: shard}. costs = {cell id: cost}."""
+    load, out = [0] * n, {}
+    for cid in sorted(costs, key=lambda c: (-costs[c], c)):
+        k = min(range(n), key=lambda j: (load[j], j))
+        out[cid] = k
+        load[k] += costs[cid]
+    return out

@@ -41,7 +41,7 @@ def build_summary(run_dir):
                  for cid, c in cells.items() if c["status"] != "ok"]
     decisions += [f"{cid}: not run (interrupted or deselected after start)" for cid in not_run]
     return {
-        "run_id": raw["run_id"], "variant": raw["variant"], "model": raw["model"],
+        "run_id": raw["run_id"], "variant": raw["variant"], "model": raw["model"], "updated_utc": raw.get("updated_utc"),
         "weights": "synthetic weights" if raw.get("synthetic_weights") else "pretrained",
         "timer": raw["timer"], "profile": cfg.get("profile"), "dtype": cfg.get("dtype"),
         "device": cfg.get("device_resolved"), "gpu": env.get("gpu"), "torch": env.get("torch"),

@@ -72,4 +72,5 @@ class RawLog:
 
     def add(self, cell_id, record):
         self.data["cells"][cell_id] = record
+        self.data["updated_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json(self.path, self.data)

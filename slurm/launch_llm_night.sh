@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The overnight run: baseline/palu x infer_sweep/ppl/lmeval as six Slurm jobs, then a report job
+# (--dependency=afterany) that writes reports/<exp_group>/ and names every job that failed.
+#   bash slurm/launch_llm_night.sh [--dry-run] [--model M] [--profile P] [--partition P] [--account A]
+#     [--exp-group G] [--results-root DIR] [--reports-root DIR] [--no-gpu] [--shards N] [--tasks T] [--limit N]
+#     [--variants baseline,palu] [--suites infer_sweep,ppl,lmeval] [--job-args "CLI options"]
+#     [-- extra sbatch arguments]
+# --job-args passes further llm_run/llm_eval options to every job, e.g. "--palu-align 32 --trials 1".
+set -uo pipefail
+usage() { echo "launch_llm_night: $*" >&2; exit 2; }
+repo=$(cd "$(dirname "$0")/.." && pwd)
+dry=0 gpu=1 shards="" group="night-$(date +%Y%m%d-%H%M%S)" root="$repo/results" reports="$repo/reports"
+variants="baseline,palu"
+suites="infer_sweep,ppl,lmeval" job_args=() cli_args=() sb=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) dry=1; shift ;;
+    --no-gpu) gpu=0; shift ;;
+    --model|--profile|--tasks|--limit) job_args+=("$1" "$2"); shift 2 ;;
+    --partition) sb+=(--partition "$2"); shift 2 ;;
+    --account) sb+=(--account "$2"); shift 2 ;;
+    --exp-group) group=$2; shift 2 ;;
+    --results-root) root=$(mkdir -p "$2" && cd "$2" && pwd); shift 2 ;;
+    --reports-root) reports=$(mkdir -p "$2" && cd "$2" && pwd); shift 2 ;;
+    --shards) shards=$2; shift 2 ;;
+    --variants) variants=$2; shift 2 ;;
+    --suites) suites=$2; shift 2 ;;
+    --job-args) read -r -a cli_args <<<"$2"; shift 2 ;;
+    --) shift; sb+=("$@"); break ;;
+    *) usage "unknown option '$1'; see the header of $0" ;;
+  esac
+done
+if [ -n "$shards" ] && ! [[ "$shards" =~ ^[1-9][0-9]*$ ]]; then
+  usage "--shards: '$shards' is not allowed; allowed: a positive integer"
+fi
+if [ $dry = 0 ] && ! command -v sbatch >/dev/null; then
+  usage "sbatch is not on PATH: run this on a Slurm login node, start a local one with 'bash tools/local_slurm.sh start', or use --dry-run"
+fi
+[ $gpu = 1 ] || sb+=(--gres=none)
+logs="$repo/slurm_logs"; [ $dry = 1 ] || mkdir -p "$logs"
+stamp=$(date +%Y%m%d-%H%M%S)
+submit() {  # prints the job id; in a dry run prints the command and a placeholder id
+  if [ $dry = 1 ]; then echo "sbatch $*" >&2; echo "DRYRUN"; else sbatch --parsable "$@" | cut -d';' -f1; fi
+}
+ids=() names=()
+for v in ${variants//,/ }; do
+  for s in ${suites//,/ }; do
+    exp="$v-$s"; array=() sharded=() out="$logs/${exp}_%j"
+    if [ -n "$shards" ] && [ "$s" = infer_sweep ]; then
+      array=(--array "0-$((shards - 1))"); sharded=(--shards "$shards"); out="$logs/${exp}_%A_%a"
+    fi
+    id=$(submit --job-name "$exp" --output "$out.out" --error "$out.err" "${array[@]}" "${sb[@]}" \
+      --export "ALL,GC_REPO=$repo" "$repo/slurm/run_llm.sbatch" --variant "$v" --suite "$s" \
+      --results_root "$root" --exp_group "$group" --run_id "$stamp-$exp" "${sharded[@]}" "${job_args[@]}" \
+      -- "${cli_args[@]}")
+    [ -n "$id" ] || usage "sbatch refused the $exp job"
+    ids+=("$id"); names+=("$exp=$id")
+    echo "submitted $exp: job $id (logs $logs/${exp}_<job>.out/.err)"
+  done
+done
+report=$(submit --job-name "report-$group" --output "$logs/report-${group}_%j.out" --error "$logs/report-${group}_%j.err" \
+  --dependency "afterany:$(IFS=:; echo "${ids[*]}")" "${sb[@]}" \
+  --export "ALL,GC_REPO=$repo" "$repo/slurm/night_report.sh" "$root" "$group" "$reports/$group" "${names[@]}")
+echo "submitted report: job $report (after ${ids[*]})"
+echo "results: $root/$group/   report: $reports/$group/report.md   logs: $logs/"
