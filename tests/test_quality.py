@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gcompress_bench import UsageError, lmeval, models
-from gcompress_bench.compare import mcnemar_exact
+from gcompress_bench.paired import mcnemar_exact
 from gcompress_bench.config import resolve
 from gcompress_bench.ppl import evaluate as ppl_evaluate, windows
 

@@ -106,7 +106,8 @@ def test_launcher_bad_input(tmp_path):
     assert proc.returncode == 2 and "sbatch is not on PATH" in proc.stderr
     proc = subprocess.run(["bash", str(LAUNCH), "--dry-run", "--exp-group", "g", "--no-gpu"], capture_output=True,
                           text=True)
-    assert proc.returncode == 0 and proc.stderr.count("sbatch ") == 7 and "--gres=none" in proc.stderr
+    assert proc.returncode == 0 and sum(line.startswith("sbatch ") for line in proc.stderr.splitlines()) == 7
+    assert "--gres=none" in proc.stderr
     assert "--dependency afterany:DRYRUN:DRYRUN:DRYRUN:DRYRUN:DRYRUN:DRYRUN" in proc.stderr
 
 

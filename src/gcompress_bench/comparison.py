@@ -2,7 +2,7 @@
 and an environment check, so a comparison across machines or settings is flagged, not hidden."""
 from pathlib import Path
 
-from . import compare, plots, report
+from . import paired as paired_test, plots, report
 from .results import ResultsError, read_json, write_json
 
 ENV_KEYS = ("gpu", "gpu_count", "driver", "cuda", "torch", "transformers", "lm_eval", "host", "cpu")
@@ -61,7 +61,7 @@ def _latency_rows(b, p, suite, metric):
 
 
 def _quality_rows(b, p, suite, keys):
-    paired = compare.paired_cells(b["raw"], p["raw"])
+    paired = paired_test.compare_cells(b["raw"], p["raw"])
     rows = []
     for cid in _suite_ids(b, p, suite):
         row = {"cell": cid, "paired": paired.get(cid)}

@@ -14,11 +14,11 @@ def _ok(cells, suite):
 
 
 def _line_per_batch(series, suite, x_key, metric, title, xlabel, ylabel, split=None):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     groups = sorted({(c["params"]["batch"], c["params"].get(split)) for cells in series.values()
                      for c in _ok(cells, suite)})
     color = {g: f"C{i}" for i, g in enumerate(groups)}   # one colour per (B, gen) across variants
-    xs_all = set()
+    xs_all, k, n = set(), 0, len(groups) * len(series)
     for variant, cells in series.items():
         ok = _ok(cells, suite)
         for batch, extra in sorted({(c["params"]["batch"], c["params"].get(split)) for c in ok}):
@@ -26,13 +26,15 @@ def _line_per_batch(series, suite, x_key, metric, title, xlabel, ylabel, split=N
                          if c["params"]["batch"] == batch and c["params"].get(split) == extra)
             label = f"{variant} B={batch}" + (f" {split}={extra}" if split else "")
             xs_all.update(x for x, _ in pts)
-            ax.errorbar([x for x, _ in pts], [s["p50"] for _, s in pts],
+            dodge = 1 + 0.025 * (k - (n - 1) / 2)   # side by side, so the p90 bars do not hide each other
+            k += 1
+            ax.errorbar([x * dodge for x, _ in pts], [s["p50"] for _, s in pts],
                         yerr=[[0] * len(pts), [s["p90"] - s["p50"] for _, s in pts]], color=color[(batch, extra)],
                         linestyle=STYLE.get(variant, ":"), marker="o", capsize=3, label=label)
     ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
     ax.set_xticks(sorted(xs_all), [str(x) for x in sorted(xs_all)])
     ax.minorticks_off()
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -1,7 +1,7 @@
 """Per-run summary: summary.json, run_summary.md and plots/, always regenerated from raw.json."""
 from pathlib import Path
 
-from . import compare, plots, stats
+from . import paired, plots, stats
 from .results import ResultsError, read_json, write_json
 
 QUALITY_KEYS = ("ppl", "nll", "tokens", "windows", "dataset", "sha256", "seq_len", "stride", "seconds", "task",
@@ -49,7 +49,7 @@ def build_summary(run_dir):
                                                                 for s in ("prefill", "decode")},
         "model_facts": cfg.get("model_facts"), "palu": cfg.get("palu_facts"),
         "cells": cells, "not_run": not_run, "decisions": decisions,
-        "paired": ({"baseline_run": cfg["baseline_run"], "cells": compare.paired(cfg["baseline_run"], raw)}
+        "paired": ({"baseline_run": cfg["baseline_run"], "cells": paired.with_run(cfg["baseline_run"], raw)}
                    if cfg.get("baseline_run") else None),
     }
 

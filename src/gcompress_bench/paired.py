@@ -13,11 +13,11 @@ def mcnemar_exact(base_correct, other_correct):
     return b, c, p
 
 
-def paired(baseline_dir, raw):
-    return paired_cells(read_json(f"{baseline_dir}/raw.json")["cells"], raw["cells"])
+def with_run(baseline_dir, raw):
+    return compare_cells(read_json(f"{baseline_dir}/raw.json")["cells"], raw["cells"])
 
 
-def paired_cells(base, cells):
+def compare_cells(base, cells):
     """Per lmeval cell: accuracy difference and McNemar over the same items; per ppl cell: the ratio.
     Takes raw cells (they hold the per-item outcomes and window offsets)."""
     out = {}
