@@ -216,10 +216,13 @@ def write_plots(rep, b, p, out, cell=None):
     mem = rep["prefill"] + rep["decode"]
     if mem:
         mib = lambda rows, key: {n: [r[n].get(key) and r[n][key] / 2**20 for r in rows] for n in SIDES}  # noqa: E731
-        made.append(plots.save(plots.panels([
-            ([r["cell"] for r in mem], mib(mem, "peak_allocated_bytes"), "peak allocated per cell", "MiB", None),
-            ([r["cell"] for r in rep["decode"]], mib(rep["decode"], "kv_cache_bytes"),
-             "KV cache at the end of a generation", "MiB", None)]), out / "memory.png"))
+        short = lambda rows: [r["cell"].split("[", 1)[-1].rstrip("]") for r in rows]  # noqa: E731
+        specs = [(short(rep[s]), mib(rep[s], "peak_allocated_bytes"), f"{s}: peak allocated", "MiB", None)
+                 for s in ("prefill", "decode") if rep[s]]
+        if rep["decode"]:
+            specs.append((short(rep["decode"]), mib(rep["decode"], "kv_cache_bytes"),
+                          "decode: KV cache at the end of a generation", "MiB", None))
+        made.append(plots.save(plots.panels(specs), out / "memory.png"))
     if rep["ppl"]:
         made.append(plots.save(plots.grouped_bars([r["cell"] for r in rep["ppl"]],
                                                   {n: [r[n].get("ppl") for r in rep["ppl"]] for n in SIDES},

@@ -33,6 +33,8 @@ def _line_per_batch(series, suite, x_key, metric, title, xlabel, ylabel, split=N
                         linestyle=STYLE.get(variant, ":"), marker="o", capsize=3, label=label)
     ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
     ax.set_xticks(sorted(xs_all), [str(x) for x in sorted(xs_all)])
+    if xs_all:   # room for the dodged series, also when the grid has a single x
+        ax.set_xlim(min(xs_all) / 1.4, max(xs_all) * 1.4)
     ax.minorticks_off()
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
@@ -79,7 +81,7 @@ def grouped_bars(labels, bars, title, ylabel, errors=None):
 
 def panels(specs):
     """Side-by-side bar panels: specs = [(labels, bars, title, ylabel, errors or None), ...]."""
-    fig, axes = plt.subplots(1, len(specs), figsize=(min(16, 5.5 * len(specs)), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(specs), figsize=(min(18, 6 * len(specs)), 4.8), squeeze=False)
     for ax, spec in zip(axes[0], specs):
         _bars(ax, *spec)
     fig.tight_layout()
@@ -97,7 +99,9 @@ def _bars(ax, labels, bars, title, ylabel, errors=None):
         xs = [i + k * width for i in range(len(labels))]
         ys = [v if v is not None else 0 for v in vals]
         err = (errors or {}).get(name)
-        ax.bar(xs, ys, width, label=name, yerr=[e or 0 for e in err] if err else None, capsize=3)
+        drawn = ax.bar(xs, ys, width, label=name, yerr=[e or 0 for e in err] if err else None, capsize=3)
+        if len(labels) * len(bars) <= 12:   # values on the bars only while they stay legible
+            ax.bar_label(drawn, labels=["" if v is None else f"{v:.3g}" for v in vals], fontsize=7, padding=2)
         for x, v in zip(xs, vals):
             if v is None:
                 ax.text(x, 0, "missing", rotation=90, ha="center", va="bottom", fontsize=7)
