@@ -35,3 +35,41 @@ def test_cuda_clock_matches_a_bare_event_pair():
     end.synchronize()
     assert clock.name == "cuda_event" and len(ms) == 5
     assert sum(ms) == pytest.approx(start.elapsed_time(end), rel=0.1)
+
+
+SYNCS = ["item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__"]
+
+
+@pytest.mark.slow
+def test_no_host_sync_inside_a_measured_decode_region(monkeypatch):
+    """Every tensor-to-host read and every explicit synchronize is counted; none may happen
+    between the first and the last mark of a generation (one sync follows, to read the events)."""
+    from gcompress_bench import infer, models
+    from gcompress_bench.config import resolve
+
+    lm = models.load(models.resolve("smollm2-135m", resolve({})["models"]), "float32", torch.device("cpu"))
+    calls = []
+
+    def counted(name, fn):
+        def wrapper(*a, **k):
+            calls.append(name)
+            return fn(*a, **k)
+        return wrapper
+    for name in SYNCS:
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch.cuda, "synchronize", counted("synchronize", torch.cuda.synchronize))
+
+    class CountingClock(Clock):
+        def __init__(self):
+            super().__init__("cpu")
+            self.calls_at_mark = []
+
+        def mark(self):
+            self.calls_at_mark.append(len(calls))
+            return super().mark()
+
+    clock = CountingClock()
+    with torch.inference_mode():
+        tokens, ms, _ = infer.generate(lm.model, infer.random_ids(49152, 2, 16, 0, "cpu"), 6, clock)
+    assert len(clock.calls_at_mark) == 7 and len(ms) == 6 and tokens.shape == (2, 6)
+    assert clock.calls_at_mark == [0] * 7, calls
