@@ -44,6 +44,7 @@ OPTIONS = [
     ("--palu-svd", "palu.svd", "str", "PaLU: whiten (default) or plain"),
     ("--palu-rounding", "palu.rounding", "int", "PaLU: round ranks to a multiple of N (1 = none)"),
     ("--palu-align", "palu.align", "int", "PaLU: pad physical dims to a multiple of N (1 = none)"),
+    ("--palu-cache", "palu.cache", "str", "PaLU: full (K and V cached, PaLU's HF path) or latent (latents cached)"),
     ("--palu-calib", "palu.calib", "str", "PaLU: calibration text: auto, wikitext2, or a text file"),
     ("--palu-calib-samples", "palu.calib_samples", "int", "PaLU: calibration windows"),
     ("--palu-calib-seq-len", "palu.calib_seq_len", "int", "PaLU: tokens per calibration window"),
@@ -173,6 +174,7 @@ def _validate(cfg, models):
     if not 0 < p["ratio"] <= 1:
         raise UsageError(f"--palu-ratio: {p['ratio']} is not allowed; it must be in (0, 1]")
     _check_choice("--palu-svd", p["svd"], SVD_MODES)
+    _check_choice("--palu-cache", p["cache"], ("full", "latent"))
     for key in ("group_size", "rounding", "align", "calib_samples", "calib_seq_len"):
         if p[key] < 1:
             raise UsageError(f"--palu-{key.replace('_', '-')}: {p[key]} is not allowed; it must be >= 1")

@@ -288,7 +288,7 @@ def compress(lm, ranks, pcfg, rank_info):
                              "activation_rel_err": a_err or None}
     after = lm.model(input_ids=probe, use_cache=False).logits.float()
     facts = summarize_ranks(modules, config, gs, hd)
-    facts.update(rank_info=rank_info, svd=pcfg["svd"], ratio=pcfg["ratio"], group_size=gs,
+    facts.update(rank_info=rank_info, svd=pcfg["svd"], ratio=pcfg["ratio"], group_size=gs, cache=pcfg["cache"],
                  rounding=pcfg["rounding"], align=align, calibration=calib, modules=modules,
                  compress_s=round(time.perf_counter() - t0, 3),
                  verification=_verify(lm, before, after, probe))

@@ -158,6 +158,8 @@ def _palu_markdown(p):
             f"mean {v['mean_abs_logit_diff']:.4f}, top-1 agreement {v['top1_agreement']:.3f}",
             f"- greedy generation after compression: {v['generation']!r}",
             f"- compression took {p['compress_s']} s",
+            f"- KV cache: the latents (physical ranks): {1 - p['kv_compression_physical']:.4f} of the baseline's "
+            "K/V bytes; K rebuilt with RoPE at attention, V folded into o_proj" if p.get("cache") == "latent" else
             "- KV cache: this path keeps full reconstructed K and V in the cache (PaLU's HF path): "
             "no KV memory is saved here"]
 
