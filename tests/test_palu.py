@@ -10,7 +10,7 @@ from gcompress_bench import UsageError, models, palu
 from gcompress_bench.config import resolve
 from gcompress_bench.ppl import perplexity
 
-from .conftest import REPO, TINY
+from .conftest import REPO
 
 LLAMA3 = models._config_from_file(REPO / "data/models/llama3-8b-instruct.config.json")
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from gcompress_bench import UsageError, lmeval, models
+from gcompress_bench import lmeval, models
 from gcompress_bench.paired import mcnemar_exact
 from gcompress_bench.config import resolve
 from gcompress_bench.ppl import evaluate as ppl_evaluate, windows

@@ -34,7 +34,6 @@ class LatentAttention(nn.Module):
         self.v_down = attn.v_proj.VT
         self.k_ranks, self.v_ranks = attn.k_proj.ranks, attn.v_proj.ranks
         self.gs = self.kv_heads // len(self.v_ranks)
-        self.is_causal = True
         object.__setattr__(self, "rotary", rotary)   # shared with the model, not a submodule of ours
         self.o_proj = nn.Linear(sum(self._v_rank_of_head(h) for h in range(self.heads)), config.hidden_size,
                                 bias=attn.o_proj.bias is not None, dtype=attn.o_proj.weight.dtype,

@@ -4,7 +4,6 @@ A built-in task (piqa, hellaswag) runs when its dataset is in the local HF cache
 offline stand-in from data/tasks/ runs, and the record says so: a fallback is never silent.
 """
 import importlib.metadata
-import os
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import yaml
 from . import REPO_ROOT, UsageError
 
 TASKS_DIR = REPO_ROOT / "data" / "tasks"
-BUILTIN = {"piqa": ("baber/piqa", None), "hellaswag": ("Rowan/hellaswag", None)}
+BUILTIN = {"piqa": "baber/piqa", "hellaswag": "Rowan/hellaswag"}   # the HF datasets lm-eval's tasks read
 
 
 def local_task_configs(folder):
@@ -32,9 +31,8 @@ def builtin_cached(task):
     """Whether a built-in task's dataset loads from the local HF cache (offline: fails at once if not)."""
     from datasets import load_dataset
 
-    name, config = BUILTIN[task]
     try:
-        load_dataset(name, config, split="validation")
+        load_dataset(BUILTIN[task], split="validation")
         return True
     except Exception:  # noqa: BLE001 - any failure offline means "not cached"
         return False
@@ -54,10 +52,10 @@ def resolve_tasks(names, tasks_path=None):
             out[name] = (mini[name], f"{mini[name]['dataset_kwargs']['data_files']['test']} (project mini task)")
         elif name in BUILTIN:
             if builtin_cached(name):
-                out[name] = (name, f"{BUILTIN[name][0]} (HF datasets cache)")
+                out[name] = (name, f"{BUILTIN[name]} (HF datasets cache)")
             else:
                 stand_in = mini[f"mini_{name}"]
-                out[name] = (stand_in, f"FALLBACK: {BUILTIN[name][0]} is not in the local HF datasets cache; "
+                out[name] = (stand_in, f"FALLBACK: {BUILTIN[name]} is not in the local HF datasets cache; "
                                        f"ran {stand_in['task']} from {stand_in['dataset_kwargs']['data_files']['test']}")
         else:
             allowed = sorted(set(BUILTIN) | set(mini) | set(user))

@@ -17,6 +17,7 @@ from torch import nn
 
 from . import REPO_ROOT, UsageError
 from .models import CACHE_ROOT
+from .ppl import cached_wikitext2
 
 PROJS = ("k_proj", "v_proj")
 CALIB_TEXT = REPO_ROOT / "data" / "calibration.txt"
@@ -157,13 +158,11 @@ def calibration_ids(lm, pcfg):
 
 def _calibration_text(choice):
     if choice in ("auto", "wikitext2"):
-        try:
-            from datasets import load_dataset
-            rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="train")["text"]
-            return "".join(rows), "wikitext-2-raw-v1 train (HF cache)"
-        except Exception as e:  # noqa: BLE001 - any failure of the offline cache means "not cached"
-            if choice == "wikitext2":
-                raise UsageError(f"--palu-calib: WikiText-2 train is not in the local HF datasets cache ({e})".splitlines()[0]) from None
+        text, why = cached_wikitext2("train")
+        if text is not None:
+            return text, "wikitext-2-raw-v1 train (HF cache)"
+        if choice == "wikitext2":
+            raise UsageError(f"--palu-calib: WikiText-2 train is not in the local HF datasets cache ({why})")
         return CALIB_TEXT.read_text(), str(CALIB_TEXT.relative_to(REPO_ROOT))
     path = Path(choice)
     if not path.is_file():
@@ -318,7 +317,7 @@ def _probe_ids(lm):
     if lm.tokenizer is None:
         return torch.randint(0, lm.spec.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(7)
                              ).to(lm.device)
-    text = (REPO_ROOT / "data" / "calibration.txt").read_text()[:2000]
+    text = CALIB_TEXT.read_text()[:2000]
     return lm.tokenizer(text, return_tensors="pt").input_ids[:, :64].to(lm.device)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from . import UsageError
+from . import REPO_ROOT, UsageError
 
 
 def windows(n_tokens, seq_len, stride=None):
@@ -30,34 +30,40 @@ def perplexity(model, ids, seq_len, stride=None):
     """exp(mean NLL) of ids[1:] given their prefixes within each window."""
     nll, count = 0.0, 0
     device = next(model.parameters()).device
-    for begin, end, first in windows(len(ids), seq_len, stride):
+    spans = windows(len(ids), seq_len, stride)
+    for begin, end, first in spans:
         chunk = ids[begin:end][None].to(device)
         logits = model(input_ids=chunk, use_cache=False).logits[0, :-1].float()
         losses = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none")
         nll += losses[first - 1:].double().sum().item()
         count += len(losses) - (first - 1)
-    return {"ppl": math.exp(nll / count), "nll": nll / count, "tokens": count,
-            "windows": len(windows(len(ids), seq_len, stride))}
+    return {"ppl": math.exp(nll / count), "nll": nll / count, "tokens": count, "windows": len(spans),
+            "window_starts": [b for b, _, _ in spans]}
 
 
 FALLBACK_CORPUS = "data/tiny_corpus.txt"
 
 
+def cached_wikitext2(split):
+    """(text, None) from the local HF datasets cache, or (None, why not); never a download."""
+    try:
+        from datasets import load_dataset
+        return "\n\n".join(load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"]), None
+    except Exception as e:  # noqa: BLE001 - any failure offline means "not cached"
+        return None, str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def load_corpus(choice):
     """(text, source): WikiText-2 raw test from the local HF datasets cache, a user's file, or the
     project's fallback corpus, with the reason a fallback was taken."""
-    from . import REPO_ROOT
-
     if choice not in ("auto", "wikitext2"):
         return Path(choice).read_text(), str(choice)
-    try:
-        from datasets import load_dataset
-        rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
-        return "\n\n".join(rows), "wikitext-2-raw-v1 test (HF datasets cache)"
-    except Exception as e:  # noqa: BLE001 - any failure offline means "not cached"
-        if choice == "wikitext2":
-            raise UsageError(f"--ppl-corpus: WikiText-2 is not in the local HF datasets cache "
-                             f"({str(e).splitlines()[0]}); allowed: auto or a text file") from None
+    text, why = cached_wikitext2("test")
+    if text is not None:
+        return text, "wikitext-2-raw-v1 test (HF datasets cache)"
+    if choice == "wikitext2":
+        raise UsageError(f"--ppl-corpus: WikiText-2 is not in the local HF datasets cache ({why}); "
+                         "allowed: auto or a text file")
     return (REPO_ROOT / FALLBACK_CORPUS).read_text(), f"{FALLBACK_CORPUS} (FALLBACK: WikiText-2 not in the HF cache)"
 
 
@@ -68,5 +74,4 @@ def evaluate(lm, corpus, seq_len, stride):
     t0 = time.perf_counter()
     out = perplexity(lm.model, ids, seq_len, stride)
     return {**out, "dataset": source, "sha256": hashlib.sha256(text.encode()).hexdigest(),
-            "seq_len": seq_len, "stride": stride, "seconds": time.perf_counter() - t0,
-            "window_starts": [b for b, _, _ in windows(len(ids), seq_len, stride)]}
+            "seq_len": seq_len, "stride": stride, "seconds": time.perf_counter() - t0}
