@@ -209,10 +209,11 @@ def write_plots(rep, b, p, out, cell=None):
     if rep["decode"]:
         made.append(plots.save(plots.decode_latency(series, model), out / "decode_ms_per_token.png"))
         rows = sorted({r["params"]["batch"] for r in rep["decode"]})
-        cols = sorted({(r["params"]["ctx"], r["params"]["gen"]) for r in rep["decode"]})
-        vals = {(r["params"]["batch"], (r["params"]["ctx"], r["params"]["gen"])): r["speedup"] for r in rep["decode"]}
+        col = lambda p: (p["ctx"], p["gen"], p.get("mode", "eager"))   # noqa: E731
+        cols = sorted({col(r["params"]) for r in rep["decode"]})
+        vals = {(r["params"]["batch"], col(r["params"])): r["speedup"] for r in rep["decode"]}
         made.append(plots.save(plots.speedup_heatmap(rows, cols, vals, "decode speedup (ms/token p50)", "batch B",
-                                                     "(ctx, gen)"), out / "decode_speedup.png"))
+                                                     "(ctx, gen, mode)"), out / "decode_speedup.png"))
     mem = rep["prefill"] + rep["decode"]
     if mem:
         mib = lambda rows, key: {n: [r[n].get(key) and r[n][key] / 2**20 for r in rows] for n in SIDES}  # noqa: E731

@@ -15,6 +15,7 @@ SUITES_FILE = REPO_ROOT / "experiments" / "llm_suites.yaml"
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 SVD_MODES = ("whiten", "plain")
+DECODE_MODES = ("eager", "compiled")
 GRID_KEYS = {"prefill": ("batch", "seq_len"), "decode": ("ctx", "gen", "batch")}
 ITER_KEYS = ("warmup", "iters", "trials")
 
@@ -38,6 +39,8 @@ OPTIONS = [
     ("--decode-ctx", "decode.ctx", "ints", "decode prompt lengths"),
     ("--decode-gen", "decode.gen", "ints", "decode generated tokens"),
     ("--decode-batch", "decode.batch", "ints", "decode batch sizes"),
+    ("--decode-mode", "decode.mode", "strs", "decode modes, each its own cells: eager (DynamicCache, plain "
+                                             "forwards), compiled (StaticCache + torch.compile CUDA graphs)"),
     ("--palu-ratio", "palu.ratio", "float", "PaLU: fraction of each group's rank kept, in (0, 1]"),
     ("--palu-group-size", "palu.group_size", "int", "PaLU: KV heads per group; must divide the KV heads"),
     ("--palu-ranks", "palu.ranks", "str", "PaLU: rank file (head_wise_ranks JSON) or a ratio dir to search"),
@@ -155,6 +158,9 @@ def _validate(cfg, models):
             v = cfg[suite][key]
             if not isinstance(v, int) or v < low:
                 raise UsageError(f"--{key} ({suite}): {v!r} is not allowed; it must be an integer >= {low}")
+    modes = cfg["decode"].get("mode")
+    if not modes or any(m not in DECODE_MODES for m in modes) or len(set(modes)) < len(modes):
+        raise UsageError(f"--decode-mode: {modes} is not allowed; allowed: one or more of {', '.join(DECODE_MODES)}")
     if cfg["lmeval"]["limit"] < 1:
         raise UsageError(f"--limit: {cfg['lmeval']['limit']} is not allowed; it must be >= 1")
     if not cfg["lmeval"]["tasks"] or any(k < 0 for k in cfg["lmeval"]["fewshot"]) or not cfg["lmeval"]["fewshot"]:
@@ -180,9 +186,12 @@ def _validate(cfg, models):
             raise UsageError(f"--palu-{key.replace('_', '-')}: {p[key]} is not allowed; it must be >= 1")
 
 
-def check_lengths(cfg, max_positions, suites):
-    """A cell longer than the model's context is a usage error, not an OOM or silent garbage."""
+def check_lengths(cfg, max_positions, suites, synthetic=False):
+    """A cell longer than the model's context is a usage error, not an OOM or silent garbage.
+    Random weights have no quality to lose, so a synthetic model times any length."""
     longest = {}
+    if synthetic:
+        return
     if "infer_sweep" in suites:
         longest = {"--prefill-seq-len": max(cfg["prefill"]["seq_len"]),
                    "--decode-ctx + --decode-gen": max(cfg["decode"]["ctx"]) + max(cfg["decode"]["gen"])}
@@ -203,8 +212,9 @@ def grid_cells(cfg, suite):
         return [(f"{t}-{k}shot", {"task": t, "fewshot": k}) for t in g["tasks"] for k in g["fewshot"]]
     if suite == "prefill":
         return [(f"B{b}-S{s}", {"batch": b, "seq_len": s}) for b in g["batch"] for s in g["seq_len"]]
-    return [(f"B{b}-ctx{c}-gen{n}", {"batch": b, "ctx": c, "gen": n})
-            for b in g["batch"] for c in g["ctx"] for n in g["gen"]]
+    # eager cells keep their plain ids, so runs from before the decode modes still compare
+    return [(f"B{b}-ctx{c}-gen{n}" + ("" if m == "eager" else f"-{m}"), {"batch": b, "ctx": c, "gen": n, "mode": m})
+            for m in g["mode"] for b in g["batch"] for c in g["ctx"] for n in g["gen"]]
 
 
 def parse_shard(text):
@@ -223,7 +233,8 @@ def cell_cost(suite, params):
     if suite == "prefill":
         return params["batch"] * params["seq_len"]
     if suite == "decode":
-        return params["gen"] * (256 + params["batch"] * params["ctx"] // 8)
+        launch = 256 if params.get("mode", "eager") == "eager" else 64
+        return params["gen"] * (launch + params["batch"] * params["ctx"] // 8)
     return 10 ** 6
 
 

@@ -1,14 +1,26 @@
 """infer_sweep cells: prefill-only forward passes and greedy decode through the suite's own loop.
 
-The decode loop is plain: one forward over the prompt, then one forward per token with a
-DynamicCache, greedy argmax kept on the device, EOS ignored, a clock mark after every step and
-one host synchronization at the end of the generation.
+The decode loop is plain: one forward over the prompt, then one forward per token, greedy argmax
+kept on the device, EOS ignored, a clock mark after every step and one host synchronization at
+the end of the generation. Two decode modes run the same loop:
+- eager: a DynamicCache and plain forwards (what HF's generate() does by default); a step is
+  bound by Python launching kernels;
+- compiled: a StaticCache sized to the cell (ctx + gen) and the step compiled by torch.compile
+  with CUDA graphs (mode reduce-overhead), so a step is one graph replay and the GPU's work
+  dominates. The prompt is prefilled eagerly, as HF does. Shapes are dynamic, so a grid needs one
+  graph for batch 1 and one for larger batches (torch specializes size 1), not one per cache length;
+  CUDA graphs are still recorded per shape. Compilation and recording happen in one extra
+  generation per cell before the warm-up, and are recorded, not measured.
 """
 import gc
 import inspect
+import time
 
 import torch
-from transformers import DynamicCache, LlamaForCausalLM
+from torch._dynamo.utils import counters
+from transformers import DynamicCache, LlamaForCausalLM, StaticCache
+
+from .roofline import decode_weight_bytes, prefill_flops
 
 # transformers renamed `past_key_values` to `cache` (deprecated from 5.2x); accept both releases.
 CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
@@ -19,9 +31,18 @@ def random_ids(vocab, batch, length, seed, device):
     return torch.randint(0, vocab, (batch, length), generator=gen).to(device)
 
 
+def _cache_tensors(cache):
+    return [t for layer in cache.layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+            if t is not None]
+
+
 def kv_cache_bytes(cache):
-    return sum(t.numel() * t.element_size() for layer in cache.layers
-               for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
+    return sum(t.numel() * t.element_size() for t in _cache_tensors(cache))
+
+
+def kv_bytes_per_position(cache):
+    """Bytes one sequence position of one batch row occupies in the cache, all layers, K and V."""
+    return sum(t.numel() // (t.shape[0] * t.shape[2]) * t.element_size() for t in _cache_tensors(cache))
 
 
 @torch.inference_mode()
@@ -41,45 +62,89 @@ def prefill(lm, clock, batch, seq_len, warmup, iters, trials, seed):
             forward()
             marks.append(clock.mark())
         latency.append(clock.intervals_ms(marks))
-    return {"samples_ms": {"latency": latency}, "tokens": batch * seq_len}
+    return {"samples_ms": {"latency": latency}, "tokens": batch * seq_len,
+            "flops": prefill_flops(lm.model, batch, seq_len)}
 
 
-def generate(model, ids, gen, clock):
-    """Greedy generation of exactly `gen` tokens; returns tokens, per-interval ms and the cache."""
-    cache = DynamicCache(config=model.config)
-    marks = [clock.mark()]
+def step(model, ids, cache):
+    """One forward that extends the cache; returns the greedy next token, (batch, 1), on the device."""
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{CACHE_ARG: cache})
-    token = out.logits[:, -1:].argmax(-1)
+    return out.logits[:, -1:].argmax(-1)
+
+
+def compiled_step(backend="inductor"):
+    """`step` under torch.compile. inductor gets CUDA graphs (reduce-overhead); tests on CPU pass
+    backend="aot_eager" to check the capture (one graph, no break) without a compiler toolchain."""
+    compiled = torch.compile(step, backend=backend, fullgraph=True, dynamic=True,
+                             **({"mode": "reduce-overhead"} if backend == "inductor" else {}))
+
+    def replay(model, ids, cache):
+        # a CUDA-graph replay overwrites its output buffer: keep each token in its own tensor
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(model, ids, cache).clone()
+    return replay
+
+
+def generate(model, ids, gen, clock, decode_step=step, cache=None):
+    """Greedy generation of exactly `gen` tokens; returns tokens, per-interval ms and the cache.
+    The prompt always goes through the eager `step`; the gen-1 decode steps through `decode_step`."""
+    cache = DynamicCache(config=model.config) if cache is None else cache
+    marks = [clock.mark()]
+    token = step(model, ids, cache)
     tokens = [token]
     marks.append(clock.mark())
     for _ in range(gen - 1):
-        out = model(input_ids=token, use_cache=True, **{CACHE_ARG: cache})
-        token = out.logits[:, -1:].argmax(-1)
+        token = decode_step(model, token, cache)
         tokens.append(token)
         marks.append(clock.mark())
     return torch.cat(tokens, dim=1), clock.intervals_ms(marks), cache
 
 
+def _graphs():
+    return counters["stats"]["unique_graphs"]
+
+
 @torch.inference_mode()
-def decode(lm, clock, batch, ctx, gen, warmup, iters, trials, seed):
+def decode(lm, clock, batch, ctx, gen, warmup, iters, trials, seed, mode="eager", backend="inductor"):
     """One iteration = one whole generation: 1 time-to-first-token sample and gen-1 step samples."""
     ids = random_ids(lm.spec.config.vocab_size, batch, ctx, seed, lm.device)
+    if mode == "eager":
+        run = lambda: generate(lm.model, ids, gen, clock)   # noqa: E731  a fresh DynamicCache each time
+        compile_info = None
+    else:
+        # one cache per cell, reset in place: its tensors keep the addresses the CUDA graphs captured
+        static = StaticCache(config=lm.model.config, max_cache_len=ctx + gen)
+        decode_step = compiled_step(backend)
+
+        def run():
+            static.reset()
+            return generate(lm.model, ids, gen, clock, decode_step, static)
+        graphs, t0 = _graphs(), time.perf_counter()
+        run()
+        compile_info = {"backend": backend, "first_generation_s": round(time.perf_counter() - t0, 3),
+                        "graphs_compiled": _graphs() - graphs}
+    t0 = time.perf_counter()
     for _ in range(warmup):
-        generate(lm.model, ids, gen, clock)
-    ttft, step, total = [], [], []
+        run()
+    warmup_s = time.perf_counter() - t0
+    ttft, steps, total = [], [], []
     for _ in range(trials):
         t_ttft, t_step, t_total = [], [], []
         for _ in range(iters):
-            tokens, ms, cache = generate(lm.model, ids, gen, clock)
+            tokens, ms, cache = run()
             t_ttft.append(ms[0])
             t_step.extend(ms[1:])
             t_total.append(sum(ms))
         ttft.append(t_ttft)
-        step.append(t_step)
+        steps.append(t_step)
         total.append(t_total)
-    return {"samples_ms": {"ttft": ttft, "step": step, "total": total},
-            "kv_cache_bytes": kv_cache_bytes(cache), "tokens_per_generation": batch * gen,
-            "first_tokens": tokens[0, :8].tolist()}
+    per_position = kv_bytes_per_position(cache)
+    return {"samples_ms": {"ttft": ttft, "step": steps, "total": total}, "mode": mode, "compile": compile_info,
+            "warmup_s": round(warmup_s, 3), "kv_cache_bytes": kv_cache_bytes(cache),
+            "kv_bytes_per_position": per_position,
+            # a step at position p must read every weight but the input embedding once, and p positions of KV
+            "bytes_per_step": decode_weight_bytes(lm.model) + per_position * batch * (ctx + gen / 2),
+            "tokens_per_generation": batch * gen, "first_tokens": tokens[0, :8].tolist()}
 
 
 def run_cell(fn, device, **params):
@@ -88,6 +153,7 @@ def run_cell(fn, device, **params):
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    at_start = torch.cuda.memory_allocated(device) if cuda else None
     oom = None
     try:
         record = {"status": "ok", **fn(**params)}
@@ -96,6 +162,7 @@ def run_cell(fn, device, **params):
     if oom is not None:
         record = {"status": "skipped", "reason": "OOM", "error": oom}
     record["memory"] = {
+        "allocated_at_start_bytes": at_start,
         "peak_allocated_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
         "peak_reserved_bytes": torch.cuda.max_memory_reserved(device) if cuda else None,
         "device_total_bytes": torch.cuda.get_device_properties(device).total_memory if cuda else None,

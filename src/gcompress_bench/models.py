@@ -43,7 +43,9 @@ class LoadedModel:
     load_s: float
 
     def weight_bytes(self):
-        return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        """Parameter bytes, a tied embedding counted once (state_dict lists it under both names)."""
+        params = {id(p): p for p in self.model.parameters()}
+        return sum(p.numel() * p.element_size() for p in params.values())
 
     def describe(self):
         cfg = self.spec.config

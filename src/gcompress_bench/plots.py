@@ -13,23 +13,27 @@ def _ok(cells, suite):
     return [c for c in cells.values() if c.get("suite") == suite and c["status"] == "ok"]
 
 
-def _line_per_batch(series, suite, x_key, metric, title, xlabel, ylabel, split=None):
+def _group(c, split):
+    """(B, *split values) of a cell; decode cells from before the decode modes were eager."""
+    p = c["params"]
+    return (p["batch"],) + tuple(p.get(k, "eager" if k == "mode" else None) for k in split)
+
+
+def _line_per_batch(series, suite, x_key, metric, title, xlabel, ylabel, split=()):
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    groups = sorted({(c["params"]["batch"], c["params"].get(split)) for cells in series.values()
-                     for c in _ok(cells, suite)})
-    color = {g: f"C{i}" for i, g in enumerate(groups)}   # one colour per (B, gen) across variants
+    groups = sorted({_group(c, split) for cells in series.values() for c in _ok(cells, suite)})
+    color = {g: f"C{i}" for i, g in enumerate(groups)}   # one colour per (B, *split) across variants
     xs_all, k, n = set(), 0, len(groups) * len(series)
     for variant, cells in series.items():
         ok = _ok(cells, suite)
-        for batch, extra in sorted({(c["params"]["batch"], c["params"].get(split)) for c in ok}):
-            pts = sorted((c["params"][x_key], c["stats_ms"][metric]) for c in ok
-                         if c["params"]["batch"] == batch and c["params"].get(split) == extra)
-            label = f"{variant} B={batch}" + (f" {split}={extra}" if split else "")
+        for group in sorted({_group(c, split) for c in ok}):
+            pts = sorted((c["params"][x_key], c["stats_ms"][metric]) for c in ok if _group(c, split) == group)
+            label = f"{variant} B={group[0]}" + "".join(f" {k_}={v}" for k_, v in zip(split, group[1:]))
             xs_all.update(x for x, _ in pts)
             dodge = 1 + 0.025 * (k - (n - 1) / 2)   # side by side, so the p90 bars do not hide each other
             k += 1
             ax.errorbar([x * dodge for x, _ in pts], [s["p50"] for _, s in pts],
-                        yerr=[[0] * len(pts), [s["p90"] - s["p50"] for _, s in pts]], color=color[(batch, extra)],
+                        yerr=[[0] * len(pts), [s["p90"] - s["p50"] for _, s in pts]], color=color[group],
                         linestyle=STYLE.get(variant, ":"), marker="o", capsize=3, label=label)
     ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
     ax.set_xticks(sorted(xs_all), [str(x) for x in sorted(xs_all)])
@@ -49,7 +53,7 @@ def prefill_latency(series, model):
 
 def decode_latency(series, model):
     return _line_per_batch(series, "decode", "ctx", "step", f"decode step, {model} (p50, bar to p90)",
-                           "context length (tokens)", "ms per token", split="gen")
+                           "context length (tokens)", "ms per token", split=("gen", "mode"))
 
 
 def speedup_heatmap(rows, cols, values, title, row_label, col_label):

@@ -1,7 +1,7 @@
 """Per-run summary: summary.json, run_summary.md and plots/, always regenerated from raw.json."""
 from pathlib import Path
 
-from . import paired, plots, stats
+from . import paired, plots, roofline, stats
 from .results import ResultsError, read_json, write_json
 
 QUALITY_KEYS = ("ppl", "nll", "tokens", "windows", "dataset", "sha256", "seq_len", "stride", "seconds", "task",
@@ -9,9 +9,10 @@ QUALITY_KEYS = ("ppl", "nll", "tokens", "windows", "dataset", "sha256", "seq_len
 
 
 
-def _cell_summary(rec):
+def _cell_summary(rec, ceilings):
     out = {k: rec[k] for k in ("suite", "params", "status") if k in rec}
-    out.update({k: rec[k] for k in ("reason", "error", "memory", "kv_cache_bytes", "tokens") if k in rec})
+    out.update({k: rec[k] for k in ("reason", "error", "memory", "kv_cache_bytes", "tokens", "flops", "mode",
+                                    "compile", "warmup_s", "kv_bytes_per_position", "bytes_per_step") if k in rec})
     if rec.get("suite") in ("ppl", "lmeval"):
         out.update({k: rec[k] for k in QUALITY_KEYS if k in rec})
     if rec.get("status") != "ok" or "samples_ms" not in rec:
@@ -24,6 +25,7 @@ def _cell_summary(rec):
         out["ms_per_token"] = out["stats_ms"]["step"]["p50"]
         out["tokens_per_s"] = p["batch"] / (out["ms_per_token"] / 1e3)
         out["ttft_ms"] = out["stats_ms"]["ttft"]["p50"]
+    out["roofline"] = roofline.achieved(rec["suite"], out, ceilings)
     return out
 
 
@@ -34,7 +36,8 @@ def build_summary(run_dir):
         raise ResultsError(f"{run_dir / 'raw.json'}: has no 'cells' mapping; not a gcompress-bench raw file")
     cfg = read_json(run_dir / "config.json")
     env = read_json(run_dir / "env.json")
-    cells = {cid: _cell_summary(rec) for cid, rec in raw["cells"].items()}
+    cells = {cid: _cell_summary(rec, env.get("ceilings")) for cid, rec in raw["cells"].items()}
+    compiled = [c["compile"] for c in cells.values() if c.get("compile")]
     expected = [nodeid.split("::")[-1] for nodeid in cfg.get("cells", [])]
     not_run = [c for c in expected if c not in cells]
     decisions = [f"{cid}: {c['status']} ({c.get('reason', '')}); left out of every statistic"
@@ -47,7 +50,10 @@ def build_summary(run_dir):
         "device": cfg.get("device_resolved"), "gpu": env.get("gpu"), "torch": env.get("torch"),
         "transformers": env.get("transformers"), "iterations": {s: {k: cfg[s][k] for k in ("warmup", "iters", "trials")}
                                                                 for s in ("prefill", "decode")},
-        "model_facts": cfg.get("model_facts"), "palu": cfg.get("palu_facts"),
+        "model_facts": cfg.get("model_facts"), "palu": cfg.get("palu_facts"), "ceilings": env.get("ceilings"),
+        "compile": {"cells": len(compiled), "graphs_compiled": sum(c["graphs_compiled"] for c in compiled),
+                    "first_generations_s": round(sum(c["first_generation_s"] for c in compiled), 3)}
+                   if compiled else None,
         "cells": cells, "not_run": not_run, "decisions": decisions,
         "paired": ({"baseline_run": cfg["baseline_run"], "cells": paired.with_run(cfg["baseline_run"], raw)}
                    if cfg.get("baseline_run") else None),
@@ -82,6 +88,13 @@ def _latency_cols(c, metric, extra):
     return [f"{st[k]:.3f}" for k in ("p50", "p90", "p99", "std", "cv")] + [f(c) for f in extra] + tail
 
 
+def _roof(c, rate, pct):
+    r = c.get("roofline")
+    if not r:
+        return "n/a"
+    return f"{r[rate]:.4g}" + (f" ({r[pct]:.0f}%)" if r[pct] is not None else "")
+
+
 def _dash_unless_ok(n, render):
     return lambda c: render(c) if c["status"] == "ok" else ["—"] * n
 
@@ -95,12 +108,23 @@ def _markdown(s):
         lines.append("- **synthetic weights**: timing only; no quality number comes from this run")
     stat_cols = ["p50", "p90", "p99", "std", "cv"]
     mem_cols = ["peak alloc", "peak reserved"]
-    prefill_extra = [lambda c: f"{c['tokens_per_s']:.1f}"]
-    decode_extra = prefill_extra + [lambda c: f"{c['ttft_ms']:.3f}", lambda c: _fmt_bytes(c.get("kv_cache_bytes"))]
-    lines += _table("prefill (ms)", stat_cols + ["tokens/s"] + mem_cols, _rows(s, "prefill"),
+    tokens = [lambda c: f"{c['tokens_per_s']:.1f}"]
+    prefill_extra = tokens + [lambda c: _roof(c, "TFLOPs", "pct_of_gemm")]
+    decode_extra = tokens + [lambda c: f"{c['ttft_ms']:.3f}", lambda c: _fmt_bytes(c.get("kv_cache_bytes")),
+                             lambda c: _roof(c, "GBps", "pct_of_copy")]
+    ceil = s.get("ceilings") or {}
+    if ceil:
+        lines.append(f"- ceilings measured on this device at session start: copy {ceil['copy_GBps']} GB/s, "
+                     f"matmul {ceil['gemm_TFLOPs']} TFLOP/s ({ceil['method']})")
+    if s.get("compile"):
+        k = s["compile"]
+        lines.append(f"- compiled decode: {k['graphs_compiled']} graphs compiled over {k['cells']} cells; "
+                     f"compilation and CUDA-graph recording took {k['first_generations_s']} s in the "
+                     "untimed first generation of each cell")
+    lines += _table("prefill (ms)", stat_cols + ["tokens/s", "TFLOP/s (% of matmul)"] + mem_cols, _rows(s, "prefill"),
                     lambda c: _latency_cols(c, "latency", prefill_extra))
-    lines += _table("decode (ms/token)", stat_cols + ["tokens/s", "TTFT p50 ms", "KV cache"] + mem_cols,
-                    _rows(s, "decode"), lambda c: _latency_cols(c, "step", decode_extra))
+    lines += _table("decode (ms/token)", stat_cols + ["tokens/s", "TTFT p50 ms", "KV cache", "GB/s (% of copy)"]
+                    + mem_cols, _rows(s, "decode"), lambda c: _latency_cols(c, "step", decode_extra))
     lines += _table("ppl", ["perplexity", "mean NLL", "tokens", "windows", "dataset", "sha256", "s"], _rows(s, "ppl"),
                     _dash_unless_ok(7, lambda c: [f"{c['ppl']:.4f}", f"{c['nll']:.4f}", str(c["tokens"]),
                                                   str(c["windows"]), c["dataset"], c["sha256"][:12],

@@ -1,0 +1,80 @@
+"""Rooflines: the ceilings this device reaches, measured once per session, and what a cell needs.
+
+A decode step must read every weight once (the input embedding only gathers rows) and the KV of
+every live position; a prefill must do 2 FLOPs per weight per token plus causal attention. The
+achieved rate (that minimum over the measured p50) against the measured ceiling says how far a
+cell is from the hardware, and whether a slow cell is launch-bound rather than memory-bound.
+"""
+import torch
+
+from .timing import Clock
+
+# sizes that fill an H200 and stay quick on a laptop CPU
+SIZES = {"cuda": {"copy_mib": 2048, "gemm_n": 8192, "reps": 20}, "cpu": {"copy_mib": 64, "gemm_n": 1024, "reps": 5}}
+
+
+def _median_ms(clock, fn, reps):
+    fn()
+    marks = [clock.mark()]
+    for _ in range(reps):
+        fn()
+        marks.append(clock.mark())
+    ms = sorted(clock.intervals_ms(marks))
+    return ms[len(ms) // 2]
+
+
+@torch.inference_mode()
+def measure_ceilings(device, dtype):
+    """Device copy bandwidth (bytes read + written) and a square matmul's rate in the run's dtype."""
+    device = torch.device(device)
+    size = SIZES["cuda" if device.type == "cuda" else "cpu"]
+    clock = Clock(device)
+    nbytes = size["copy_mib"] * 2**20
+    src = torch.randn(nbytes // 4, device=device)   # random, not zeros: zeros can run faster
+    dst = torch.empty_like(src)
+    copy_ms = _median_ms(clock, lambda: dst.copy_(src), size["reps"])
+    n = size["gemm_n"]
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    gemm_ms = _median_ms(clock, lambda: a @ b, size["reps"])
+    del src, dst, a, b
+    return {"copy_GBps": round(2 * nbytes / copy_ms / 1e6, 1), "gemm_TFLOPs": round(2 * n**3 / gemm_ms / 1e9, 2),
+            "method": f"median of {size['reps']}: copy of {size['copy_mib']} MiB (read + write counted), "
+                      f"{n}x{n} @ {n}x{n} matmul in {str(dtype).removeprefix('torch.')}",
+            "device": str(device), "dtype": str(dtype).removeprefix("torch.")}
+
+
+def _embedding(model):
+    return model.get_input_embeddings().weight
+
+
+def decode_weight_bytes(model):
+    """Bytes of every weight a decode step reads: all parameters once (tied ones once), except an
+    input embedding that is not also the output projection."""
+    params = {id(p): p for p in model.parameters()}
+    emb = _embedding(model)
+    if emb is not model.get_output_embeddings().weight:
+        params.pop(id(emb), None)
+    return sum(p.numel() * p.element_size() for p in params.values())
+
+
+def prefill_flops(model, batch, seq_len):
+    """2 FLOPs per layer weight per token, the output projection for the last position only
+    (logits_to_keep=1), and causal attention: QK^T and PV over half the S x S square per head."""
+    cfg = model.config
+    layer_params = sum(p.numel() for layer in model.model.layers for p in layer.parameters() if p.dim() > 1)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    attention = 2 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * seq_len ** 2
+    return batch * (2 * layer_params * seq_len + 2 * cfg.vocab_size * cfg.hidden_size + attention)
+
+
+def achieved(suite, rec_summary, ceilings):
+    """Achieved rate at the p50 and its share of the ceiling (None where there is no ceiling)."""
+    if suite == "decode" and "bytes_per_step" in rec_summary:
+        rate = rec_summary["bytes_per_step"] / (rec_summary["ms_per_token"] / 1e3) / 1e9
+        ceiling = (ceilings or {}).get("copy_GBps")
+        return {"GBps": round(rate, 1), "pct_of_copy": round(100 * rate / ceiling, 1) if ceiling else None}
+    if suite == "prefill" and "flops" in rec_summary:
+        rate = rec_summary["flops"] / (rec_summary["stats_ms"]["latency"]["p50"] / 1e3) / 1e12
+        ceiling = (ceilings or {}).get("gemm_TFLOPs")
+        return {"TFLOPs": round(rate, 2), "pct_of_gemm": round(100 * rate / ceiling, 1) if ceiling else None}
+    return None
