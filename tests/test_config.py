@@ -20,12 +20,19 @@ def test_overrides_and_cell_ids():
     cfg = resolve({"prefill_batch": "4", "prefill_seq_len": "1024,2048", "iters": "7"})
     assert [i for i, _ in grid_cells(cfg, "prefill")] == ["B4-S1024", "B4-S2048"]
     assert cfg["prefill"]["iters"] == cfg["decode"]["iters"] == 7
-    assert grid_cells(resolve({"decode_batch": "2"}), "decode")[0] == ("B2-ctx32-gen8", {"batch": 2, "ctx": 32, "gen": 8})
+    assert grid_cells(resolve({"decode_batch": "2"}), "decode")[0] == (
+        "B2-ctx32-gen8", {"batch": 2, "ctx": 32, "gen": 8, "mode": "eager"})
+    both = grid_cells(resolve({"decode_batch": "1", "decode_mode": "eager,compiled"}), "decode")
+    assert [i for i, _ in both] == ["B1-ctx32-gen8", "B1-ctx32-gen8-compiled"]
+    assert resolve({"profile": "full"})["decode"]["mode"] == ["compiled"]
+    long = resolve({"profile": "long"})["decode"]
+    assert (long["ctx"], long["batch"], long["gen"], long["mode"]) == (
+        [4096, 8192, 16384, 32768], [1, 8], [64], ["eager", "compiled"])
 
 
 @pytest.mark.parametrize("given, message", [
     ({"variant": "foo"}, "--variant: unknown value 'foo'; allowed: baseline, palu"),
-    ({"profile": "huge"}, "--profile: unknown profile 'huge'; allowed: full, quick"),
+    ({"profile": "huge"}, "--profile: unknown profile 'huge'; allowed: full, long, quick"),
     ({"model": "nope"}, "--model: unknown model 'nope'; allowed: smollm2-135m, llama3-8b-shape, an HF id "
                         "(org/name) in the local HF cache, or a local model folder"),
     ({"dtype": "int8"}, "--dtype: unknown value 'int8'; allowed: float32, bfloat16, float16"),
@@ -36,6 +43,8 @@ def test_overrides_and_cell_ids():
     ({"palu_ratio": "0"}, "--palu-ratio: 0.0 is not allowed; it must be in (0, 1]"),
     ({"palu_ratio": "1.5"}, "--palu-ratio: 1.5 is not allowed; it must be in (0, 1]"),
     ({"palu_svd": "qr"}, "--palu-svd: unknown value 'qr'; allowed: whiten, plain"),
+    ({"decode_mode": "eager,eager"}, "--decode-mode: ['eager', 'eager'] is not allowed; allowed: one or more of "
+                                     "eager, compiled"),
     ({"suites_file": "/nonexistent.yaml"}, "suite file /nonexistent.yaml does not exist"),
 ])
 def test_bad_input_gets_one_clear_line(given, message):
@@ -49,3 +58,7 @@ def test_length_beyond_context():
     with pytest.raises(UsageError, match=r"^--decode-ctx \+ --decode-gen 8300 is longer than the model's context "
                                          r"of 8192 tokens; allowed: at most 8192$"):
         check_lengths(cfg, 8192, ["infer_sweep"])
+
+
+def test_synthetic_models_time_any_length():
+    check_lengths(resolve({"decode_ctx": "32768", "decode_gen": "64"}), 8192, ["infer_sweep"], synthetic=True)

@@ -6,6 +6,7 @@ import torch
 
 from gcompress_bench import UsageError, infer, latent, models, palu
 from gcompress_bench.config import resolve
+from gcompress_bench.timing import Clock
 
 from .conftest import REPO, run_cli
 
@@ -112,3 +113,17 @@ def test_unsupported_requests_get_one_line(tmp_path):
     proc = run_cli("gcompress_bench.llm_run", "--variant", "baseline", "--palu-cache", "latent",
                    "--out", str(tmp_path))
     assert proc.returncode == 2 and "--palu-cache latent: smollm2-135m lacks PaLU-factored" in proc.stdout
+
+
+def test_latent_cache_in_the_compiled_decode_loop(fp32):
+    """The latents in a StaticCache under torch.compile's capture (aot_eager on CPU): one graph,
+    and the full-cache path's greedy tokens."""
+    full, lat, _ = fp32
+    ids = infer.random_ids(49152, 2, 16, 0, "cpu")
+    graphs = infer._graphs()
+    with torch.inference_mode():
+        a, _, _ = infer.generate(full, ids, 10, Clock("cpu"))
+        static = infer.StaticCache(config=lat.config, max_cache_len=26)
+        b, _, cache = infer.generate(lat, ids, 10, Clock("cpu"), infer.compiled_step("aot_eager"), static)
+    assert torch.equal(a, b) and infer._graphs() - graphs == 1
+    assert cache.layers[0].keys.shape == (2, 1, 26, 128)

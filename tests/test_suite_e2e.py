@@ -48,6 +48,19 @@ def test_quick_infer_sweep_writes_a_complete_run(llm_run, variant):
         assert total == pytest.approx(ttft + steps.sum())
     # 30 layers x (K, V) x 3 KV heads x 64 dims x (16 + 4 - 1) cached tokens x 4 bytes
     assert dec["kv_cache_bytes"] == 30 * 2 * 3 * 64 * 19 * 4
+    assert dec["mode"] == "eager" and dec["compile"] is None and dec["kv_bytes_per_position"] == 30 * 2 * 3 * 64 * 4
+    # rooflines: the ceilings are measured and recorded; achieved = (bytes or FLOPs) / p50 / ceiling
+    ceil = env["ceilings"]
+    assert ceil["copy_GBps"] > 0 and ceil["gemm_TFLOPs"] > 0 and ceil["dtype"] == "float32"
+    weights = cfg["model_facts"]["weight_bytes"]    # SmolLM2 ties its embedding: every weight is read
+    assert dec["bytes_per_step"] == weights + 30 * 2 * 3 * 64 * 4 * 1 * (16 + 4 / 2)
+    roof = summary["cells"]["test_decode[B1-ctx16-gen4]"]["roofline"]
+    gbps = dec["bytes_per_step"] / (describe(dec["samples_ms"]["step"])["p50"] / 1e3) / 1e9
+    assert roof["GBps"] == pytest.approx(gbps, abs=0.06)
+    assert roof["pct_of_copy"] == pytest.approx(100 * gbps / ceil["copy_GBps"], abs=0.06)
+    pre = summary["cells"]["test_prefill[B2-S16]"]["roofline"]
+    assert pre["TFLOPs"] == pytest.approx(raw["cells"]["test_prefill[B2-S16]"]["flops"] / (
+        describe(raw["cells"]["test_prefill[B2-S16]"]["samples_ms"]["latency"])["p50"] / 1e3) / 1e12, abs=0.006)
     report = json.loads((run / "pytest-report.json").read_text())
     assert {t["nodeid"].split("::")[-1]: t["outcome"] for t in report["tests"]} == dict.fromkeys(ids, "passed")
     md = (run / "run_summary.md").read_text()
@@ -101,6 +114,10 @@ def test_killed_run_keeps_every_finished_cell(llm_run):
     (["--model", "nope"], "--model: unknown model 'nope'"),
     (["--decode-batch", "0"], "--decode-batch: [0] is not allowed; values must be positive integers"),
     (["--prefill-seq-len", "9000"], "--prefill-seq-len 9000 is longer than the model's context of 8192 tokens"),
+    (["--decode-mode", "graph"], "--decode-mode: ['graph'] is not allowed; allowed: one or more of eager, compiled"),
+    (["--decode-mode", "compiled", "--device", "cpu"],
+     "--decode-mode compiled needs a CUDA device (it replays CUDA graphs); this run's device is cpu; "
+     "allowed here: --decode-mode eager"),
 ])
 def test_usage_errors_exit_2_and_write_nothing(llm_run, args, message):
     proc, runs = llm_run(*args)

@@ -1,0 +1,65 @@
+"""The compiled decode mode's loop on CPU: torch.compile's graph capture (aot_eager backend: no
+compiler toolchain, no CUDA graphs) must give eager's tokens with three graphs per grid, and
+the rooflines' byte and FLOP counts must match independent counts. CUDA-graph replays and their
+timing are measured on the GPU (docs/PERFORMANCE.md)."""
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoModelForCausalLM
+
+from gcompress_bench import infer, models, roofline
+from gcompress_bench.config import resolve
+from gcompress_bench.timing import Clock
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return models.load(models.resolve("smollm2-135m", resolve({})["models"]), "float32", torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_compiled_decode_gives_eager_tokens_with_one_graph_per_batch_class(lm):
+    clock = Clock("cpu")
+    graphs = []
+    for batch, ctx in [(1, 12), (1, 20), (2, 9), (2, 15)]:
+        kw = dict(lm=lm, clock=clock, batch=batch, ctx=ctx, gen=5, warmup=0, iters=1, trials=1, seed=batch)
+        compiled = infer.decode(mode="compiled", backend="aot_eager", **kw)
+        eager = infer.decode(**kw)
+        assert compiled["first_tokens"] == eager["first_tokens"]
+        assert compiled["kv_bytes_per_position"] == eager["kv_bytes_per_position"] == 30 * 2 * 3 * 64 * 4
+        assert compiled["kv_cache_bytes"] == 30 * 2 * 3 * 64 * 4 * batch * (ctx + 5)   # static: ctx + gen slots
+        assert compiled["mode"] == "compiled" and len(compiled["samples_ms"]["step"][0]) == 4
+        graphs.append(compiled["compile"]["graphs_compiled"])
+    assert graphs == [1, 1, 1, 0]   # static, then dynamic in the cache length, then in the batch; then reused
+
+
+def test_decode_weight_bytes_skip_an_untied_input_embedding(lm):
+    every = sum(p.numel() * p.element_size() for p in {id(p): p for p in lm.model.parameters()}.values())
+    assert roofline.decode_weight_bytes(lm.model) == every == 134_515_008 * 4   # tied: lm_head reads it
+    cfg = models._config_from_file(models.REPO_ROOT / "data/models/llama3-8b-instruct.config.json")
+    cfg.num_hidden_layers = 1
+    with torch.device("meta"):
+        untied = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    layer = 4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336 + 2 * 4096
+    assert roofline.decode_weight_bytes(untied) == 2 * (layer + 4096 + 128256 * 4096)
+
+
+def test_prefill_flops_match_torch_flop_counter(lm):
+    """With eager attention FlopCounterMode sees every matmul, the full S x S attention square
+    included; ours halves the square for causal attention, so the two differ by exactly that half."""
+    lm.model.set_attn_implementation("eager")   # SDPA's fused CPU kernel is invisible to the counter
+    try:
+        for batch, seq in [(1, 16), (2, 24)]:
+            ids = infer.random_ids(49152, batch, seq, 0, "cpu")
+            with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+                lm.model(input_ids=ids, use_cache=False, logits_to_keep=1)
+            half_square = 2 * batch * 30 * 9 * 64 * seq ** 2
+            assert roofline.prefill_flops(lm.model, batch, seq) == counter.get_total_flops() - half_square
+    finally:
+        lm.model.set_attn_implementation("sdpa")
+
+
+def test_ceilings_are_measured_on_the_device():
+    c = roofline.measure_ceilings("cpu", torch.float32)
+    assert c["copy_GBps"] > 0.5 and c["gemm_TFLOPs"] > 0.001 and c["dtype"] == "float32"
+    assert c["method"] == "median of 5: copy of 64 MiB (read + write counted), 1024x1024 @ 1024x1024 matmul in float32"
