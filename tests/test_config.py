@@ -61,4 +61,7 @@ def test_length_beyond_context():
 
 
 def test_synthetic_models_time_any_length():
-    check_lengths(resolve({"decode_ctx": "32768", "decode_gen": "64"}), 8192, ["infer_sweep"], synthetic=True)
+    cfg = resolve({"decode_ctx": "32768", "decode_gen": "64"})
+    assert check_lengths(cfg, 8192, ["infer_sweep"], synthetic=True) is None
+    with pytest.raises(UsageError, match=r"^--decode-ctx \+ --decode-gen 32832 is longer"):
+        check_lengths(cfg, 8192, ["infer_sweep"])

@@ -107,8 +107,6 @@ def test_truncated_raw_json_is_named(tmp_path):
 def test_decode_table_puts_paths_side_by_side_with_the_summaries_numbers():
     """On the H200 long-profile run dirs kept in docs/: every decode cell of each run is a row,
     its numbers are the summary's, and cells a run did not reach are listed, not dropped."""
-    import json
-
     from tools.decode_table import rows
     runs = [REPO / "docs/h200/long" / p for p in ("baseline", "palu", "latent")]
     table = {(key, name): cols for key, name, cols in rows(runs)}

@@ -48,7 +48,7 @@ def test_quick_infer_sweep_writes_a_complete_run(llm_run, variant):
         assert total == pytest.approx(ttft + steps.sum())
     # 30 layers x (K, V) x 3 KV heads x 64 dims x (16 + 4 - 1) cached tokens x 4 bytes
     assert dec["kv_cache_bytes"] == 30 * 2 * 3 * 64 * 19 * 4
-    assert dec["mode"] == "eager" and dec["compile"] is None and dec["kv_bytes_per_position"] == 30 * 2 * 3 * 64 * 4
+    assert dec["params"]["mode"] == "eager" and dec["compile"] is None and dec["kv_bytes_per_position"] == 30 * 2 * 3 * 64 * 4
     # rooflines: the ceilings are measured and recorded; achieved = (bytes or FLOPs) / p50 / ceiling
     ceil = env["ceilings"]
     assert ceil["copy_GBps"] > 0 and ceil["gemm_TFLOPs"] > 0 and ceil["dtype"] == "float32"

@@ -16,5 +16,5 @@ for path in ${PATHS:-baseline palu latent}; do
     --model llama3-8b-shape --profile "${PROFILE:-full}" --results-root "$out/runs" --exp-group h200 \
     --run-id "${TAG:-}$path" "${args[@]}" "$@" > "$out/${TAG:-}$path.log" 2>&1
   echo "$path: exit $? $(grep -c ' ok ' "$out/${TAG:-}$path.log") ok cells"
-  grep -E "^\[|graphs compiled" "$out/${TAG:-}$path.log" | tail -20
+  grep -E "^\[" "$out/${TAG:-}$path.log" | tail -20
 done

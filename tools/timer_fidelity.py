@@ -10,7 +10,6 @@ import argparse
 import json
 
 import torch
-from transformers import StaticCache
 
 from gcompress_bench import config, infer, models, stats, timing
 
@@ -52,16 +51,7 @@ def check_prefill(lm, clock, batch, seq_len, iters):
 
 @torch.inference_mode()
 def check_decode(lm, clock, batch, ctx, gen, mode, reps):
-    ids = infer.random_ids(lm.spec.config.vocab_size, batch, ctx, 0, lm.device)
-    if mode == "eager":
-        run = lambda c: infer.generate(lm.model, ids, gen, c)   # noqa: E731
-    else:
-        static = StaticCache(config=lm.model.config, max_cache_len=ctx + gen)
-        decode_step = infer.compiled_step()
-
-        def run(c):
-            static.reset()
-            return infer.generate(lm.model, ids, gen, c, decode_step, static)
+    run = infer.generator(lm.model, infer.random_ids(lm.spec.config.vocab_size, batch, ctx, 0, lm.device), gen, mode)
     for _ in range(3):   # compilation, CUDA-graph recording, warm-up
         run(clock)
     marked, unmarked = [], []

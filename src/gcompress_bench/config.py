@@ -189,9 +189,9 @@ def _validate(cfg, models):
 def check_lengths(cfg, max_positions, suites, synthetic=False):
     """A cell longer than the model's context is a usage error, not an OOM or silent garbage.
     Random weights have no quality to lose, so a synthetic model times any length."""
-    longest = {}
     if synthetic:
         return
+    longest = {}
     if "infer_sweep" in suites:
         longest = {"--prefill-seq-len": max(cfg["prefill"]["seq_len"]),
                    "--decode-ctx + --decode-gen": max(cfg["decode"]["ctx"]) + max(cfg["decode"]["gen"])}

@@ -22,7 +22,7 @@ import torch
 from torch._dynamo.utils import counters
 from transformers import DynamicCache, LlamaForCausalLM, StaticCache
 
-from .roofline import decode_weight_bytes, prefill_flops
+from .roofline import prefill_flops, weight_bytes
 
 # transformers renamed `past_key_values` to `cache` (deprecated from 5.2x); accept both releases.
 CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
@@ -102,6 +102,21 @@ def generate(model, ids, gen, clock, decode_step=step, cache=None):
     return torch.cat(tokens, dim=1), clock.intervals_ms(marks), cache
 
 
+def generator(model, ids, gen, mode, backend="inductor"):
+    """One cell's generations, as run(clock) -> generate(...). eager: a fresh DynamicCache each
+    time; compiled: one StaticCache per cell, reset in place, so its tensors keep the addresses
+    the CUDA graphs captured."""
+    if mode == "eager":
+        return lambda clock: generate(model, ids, gen, clock)
+    static = StaticCache(config=model.config, max_cache_len=ids.shape[1] + gen)
+    decode_step = compiled_step(backend)
+
+    def run(clock):
+        static.reset()
+        return generate(model, ids, gen, clock, decode_step, static)
+    return run
+
+
 def _graphs():
     return counters["stats"]["unique_graphs"]
 
@@ -110,30 +125,22 @@ def _graphs():
 def decode(lm, clock, batch, ctx, gen, warmup, iters, trials, seed, mode="eager", backend="inductor"):
     """One iteration = one whole generation: 1 time-to-first-token sample and gen-1 step samples."""
     ids = random_ids(lm.spec.config.vocab_size, batch, ctx, seed, lm.device)
-    if mode == "eager":
-        run = lambda: generate(lm.model, ids, gen, clock)   # noqa: E731  a fresh DynamicCache each time
-        compile_info = None
-    else:
-        # one cache per cell, reset in place: its tensors keep the addresses the CUDA graphs captured
-        static = StaticCache(config=lm.model.config, max_cache_len=ctx + gen)
-        decode_step = compiled_step(backend)
-
-        def run():
-            static.reset()
-            return generate(lm.model, ids, gen, clock, decode_step, static)
+    run = generator(lm.model, ids, gen, mode, backend)
+    compile_info = None
+    if mode != "eager":
         graphs, t0 = _graphs(), time.perf_counter()
-        run()
+        run(clock)
         compile_info = {"backend": backend, "first_generation_s": round(time.perf_counter() - t0, 3),
                         "graphs_compiled": _graphs() - graphs}
     t0 = time.perf_counter()
     for _ in range(warmup):
-        run()
+        run(clock)
     warmup_s = time.perf_counter() - t0
     ttft, steps, total = [], [], []
     for _ in range(trials):
         t_ttft, t_step, t_total = [], [], []
         for _ in range(iters):
-            tokens, ms, cache = run()
+            tokens, ms, cache = run(clock)
             t_ttft.append(ms[0])
             t_step.extend(ms[1:])
             t_total.append(sum(ms))
@@ -141,11 +148,11 @@ def decode(lm, clock, batch, ctx, gen, warmup, iters, trials, seed, mode="eager"
         steps.append(t_step)
         total.append(t_total)
     per_position = kv_bytes_per_position(cache)
-    return {"samples_ms": {"ttft": ttft, "step": steps, "total": total}, "mode": mode, "compile": compile_info,
+    return {"samples_ms": {"ttft": ttft, "step": steps, "total": total}, "compile": compile_info,
             "warmup_s": round(warmup_s, 3), "kv_cache_bytes": kv_cache_bytes(cache),
             "kv_bytes_per_position": per_position,
             # a step at position p must read every weight but the input embedding once, and p positions of KV
-            "bytes_per_step": decode_weight_bytes(lm.model) + per_position * batch * (ctx + gen / 2),
+            "bytes_per_step": weight_bytes(lm.model, decode_step=True) + per_position * batch * (ctx + gen / 2),
             "tokens_per_generation": batch * gen, "first_tokens": tokens[0, :8].tolist()}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import REPO_ROOT, UsageError
+from .roofline import weight_bytes
 
 CACHE_ROOT = Path(os.environ.get("GCOMPRESS_CACHE", Path.home() / ".cache" / "gcompress_bench"))
 SYNTHETIC_STAMP = "synthetic weights"
@@ -42,11 +43,6 @@ class LoadedModel:
     dtype: torch.dtype
     load_s: float
 
-    def weight_bytes(self):
-        """Parameter bytes, a tied embedding counted once (state_dict lists it under both names)."""
-        params = {id(p): p for p in self.model.parameters()}
-        return sum(p.numel() * p.element_size() for p in params.values())
-
     def describe(self):
         cfg = self.spec.config
         return {
@@ -55,7 +51,7 @@ class LoadedModel:
             "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device),
             "attn_implementation": self.model.config._attn_implementation,
             "parameters": sum(p.numel() for p in self.model.parameters()),
-            "weight_bytes": self.weight_bytes(), "load_s": round(self.load_s, 3),
+            "weight_bytes": weight_bytes(self.model), "load_s": round(self.load_s, 3),
             "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
             "heads": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads,
             "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,

@@ -11,7 +11,7 @@ QUALITY_KEYS = ("ppl", "nll", "tokens", "windows", "dataset", "sha256", "seq_len
 
 def _cell_summary(rec, ceilings):
     out = {k: rec[k] for k in ("suite", "params", "status") if k in rec}
-    out.update({k: rec[k] for k in ("reason", "error", "memory", "kv_cache_bytes", "tokens", "flops", "mode",
+    out.update({k: rec[k] for k in ("reason", "error", "memory", "kv_cache_bytes", "tokens", "flops",
                                     "compile", "warmup_s", "kv_bytes_per_position", "bytes_per_step") if k in rec})
     if rec.get("suite") in ("ppl", "lmeval"):
         out.update({k: rec[k] for k in QUALITY_KEYS if k in rec})

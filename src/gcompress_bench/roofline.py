@@ -36,24 +36,20 @@ def measure_ceilings(device, dtype):
     n = size["gemm_n"]
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     gemm_ms = _median_ms(clock, lambda: a @ b, size["reps"])
-    del src, dst, a, b
     return {"copy_GBps": round(2 * nbytes / copy_ms / 1e6, 1), "gemm_TFLOPs": round(2 * n**3 / gemm_ms / 1e9, 2),
             "method": f"median of {size['reps']}: copy of {size['copy_mib']} MiB (read + write counted), "
                       f"{n}x{n} @ {n}x{n} matmul in {str(dtype).removeprefix('torch.')}",
             "device": str(device), "dtype": str(dtype).removeprefix("torch.")}
 
 
-def _embedding(model):
-    return model.get_input_embeddings().weight
-
-
-def decode_weight_bytes(model):
-    """Bytes of every weight a decode step reads: all parameters once (tied ones once), except an
-    input embedding that is not also the output projection."""
+def weight_bytes(model, decode_step=False):
+    """Parameter bytes, a tied weight once (state_dict lists it under both names). decode_step:
+    only what a decode step reads, i.e. without an input embedding that is not also the output
+    projection (a step gathers B rows of it)."""
     params = {id(p): p for p in model.parameters()}
-    emb = _embedding(model)
-    if emb is not model.get_output_embeddings().weight:
-        params.pop(id(emb), None)
+    emb = model.get_input_embeddings().weight
+    if decode_step and emb is not model.get_output_embeddings().weight:
+        del params[id(emb)]
     return sum(p.numel() * p.element_size() for p in params.values())
 
 
