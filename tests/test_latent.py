@@ -49,6 +49,22 @@ def lockstep(full, lat, ids, steps):
     return errs, same, cf, cl
 
 
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive"])
+def test_grouped_decode_attention_is_sdpa_over_repeated_heads(mask_kind):
+    """Against SDPA over K/V repeated per query head (HF's repeat_kv order): a full cache (Hv = Hk)
+    and a group's shared V latent (Hv = 1, Dv = its rank)."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 16, 1, 64, generator=g), torch.randn(2, 4, 37, 64, generator=g)
+    mask = {"none": None, "bool": torch.arange(37).view(1, 1, 1, 37) < torch.tensor([30, 37]).view(2, 1, 1, 1),
+            "additive": torch.randn(2, 1, 1, 37, generator=g)}[mask_kind]
+    for v in (torch.randn(2, 4, 37, 64, generator=g), torch.randn(2, 1, 37, 48, generator=g)):
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            q, repeat_kv(k, 4), repeat_kv(v, 16 // v.shape[1]), attn_mask=mask, scale=0.125)[:, :, 0]
+        out = latent.grouped_decode_attention(q, k, v, mask, 0.125)
+        assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+
+
 def test_fp32_equivalence_prefill_and_64_decode_steps(fp32):
     full, lat, _ = fp32
     ids = infer.random_ids(49152, 2, 20, 1, "cpu")

@@ -105,16 +105,18 @@ def test_truncated_raw_json_is_named(tmp_path):
 
 
 def test_decode_table_puts_paths_side_by_side_with_the_summaries_numbers():
-    """On the H200 long-profile run dirs kept in docs/: every decode cell of each run is a row,
-    its numbers are the summary's, and cells a run did not reach are listed, not dropped."""
+    """On the H200 long-profile run dirs kept in docs/ (baseline and palu: both modes, 16 cells;
+    latent: compiled only, 8 cells): every decode cell of each run is a row, its numbers are the
+    summary's, and cells a run did not reach are listed, not dropped."""
     from tools.decode_table import rows
     runs = [REPO / "docs/h200/long" / p for p in ("baseline", "palu", "latent")]
     table = {(key, name): cols for key, name, cols in rows(runs)}
-    assert len(table) == 3 * 16
+    assert len(table) == 16 + 16 + 8
     summary = json.loads((runs[2] / "summary.json").read_text())
     cell = summary["cells"]["test_decode[B1-ctx32768-gen64-compiled]"]
     cols = table[(("compiled", 1, 32768, 64), "palu latent")]
     assert cols[0] == f"{cell['stats_ms']['step']['p50']:.2f}" and cols[2] == f"{cell['kv_cache_bytes'] / 2**20:.0f}"
-    assert table[(("eager", 8, 4096, 64), "palu latent")][0] == "not run (run interrupted)"
+    assert table[(("compiled", 8, 4096, 64), "palu latent")][0] == "not run (run interrupted)"
+    assert (("eager", 1, 4096, 64), "palu latent") not in table
     full = table[(("compiled", 1, 32768, 64), "palu full")]
     assert int(cols[2]) / int(full[2]) == pytest.approx(352 / 512, rel=0.01)   # latents: Σr / Σ gs·head_dim
