@@ -4,14 +4,16 @@ steps by kind (torch.profiler) next to their wall time. CUDA only.
     python tools/decode_probe.py --batch 1 --ctx 2048 --out probe.jsonl
 """
 import argparse
+import itertools
 import json
 import re
+import sys
 import time
 from collections import defaultdict
 
 import torch
 
-from gcompress_bench import config, infer, models, stats, timing
+from gcompress_bench import config, env, infer, models, stats, timing
 
 # first match wins: inductor's kernel names quote the ops they fuse ("..._to_copy_...") and
 # PyTorch's memory-efficient attention is a cutlass kernel, so the more specific kinds go first
@@ -72,8 +74,8 @@ def probe(lm, batches, ctxs, gen, reps, profile_cell):
             run()
             steps = [x for _ in range(reps) for x in run()[1:]]
             d = stats.describe([steps])
-            rec = {"attention": lm.model.config._attn_implementation, "batch": b, "ctx": ctx, "gen": gen,
-                   "first_generation_s": round(first, 1), "step_p50_ms": round(d["p50"], 4), "step_p90_ms": round(d["p90"], 4), "samples": len(steps)}
+            rec = {"batch": b, "ctx": ctx, "gen": gen, "first_generation_s": round(first, 1),
+                   "step_p50_ms": round(d["p50"], 4), "step_p90_ms": round(d["p90"], 4), "samples": len(steps)}
             if (b, ctx) == profile_cell:
                 rec["profile"] = kernel_breakdown(lm.model, ids, gen, static, decode_step)
             print(json.dumps(rec), flush=True)
@@ -94,7 +96,8 @@ def main():
     lm = models.load(models.resolve(args.model, cfg["models"]), "bfloat16", models.pick_device("cuda"))
     batches, ctxs = [int(x) for x in args.batch.split(",")], [int(x) for x in args.ctx.split(",")]
     profile_cell = tuple(int(x) for x in args.profile_cell.split(","))
-    for rec in probe(lm, batches, ctxs, args.gen, args.reps, profile_cell):
+    header = {"env": env.capture(sys.argv, 0), "args": vars(args), "model": lm.describe()}
+    for rec in itertools.chain([header], probe(lm, batches, ctxs, args.gen, args.reps, profile_cell)):
         with open(args.out, "a") as f:   # one record at a time: a time limit keeps what finished
             f.write(json.dumps(rec) + "\n")
 

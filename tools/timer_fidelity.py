@@ -8,10 +8,11 @@
 """
 import argparse
 import json
+import sys
 
 import torch
 
-from gcompress_bench import config, infer, models, stats, timing
+from gcompress_bench import config, env, infer, models, stats, timing
 
 
 class SilentClock:
@@ -80,6 +81,7 @@ def main():
     device = models.pick_device("cuda")
     lm = models.load(models.resolve(args.model, cfg["models"]), args.dtype, device)
     clock = timing.Clock(device)
+    print(json.dumps({"env": env.capture(sys.argv, 0), "args": vars(args), "model": lm.describe()}), flush=True)
     print(json.dumps(check_prefill(lm, clock, args.batch, args.seq_len, args.iters)), flush=True)
     for mode in args.decode_mode.split(","):
         print(json.dumps(check_decode(lm, clock, args.batch, args.ctx, args.gen, mode, args.reps)), flush=True)

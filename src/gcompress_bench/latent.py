@@ -4,8 +4,8 @@ instead of K and V.
 At attention, K is rebuilt from its latent for every cached position and gets RoPE with the
 model's own rotary embedding (Llama-3: theta 500000 and its scaling). V is never rebuilt: the
 attention weights multiply the V latent, and V's up-projection is folded into o_proj per head.
-The latents ride in the model's ordinary transformers cache (DynamicCache) as one "head" of
-width Σr, so generate(), masks, get_seq_length and the suite's own loop work unchanged.
+The latents ride in the model's ordinary transformers cache (a DynamicCache, or the compiled
+mode's StaticCache) as one "head" of width Σr, so generate(), masks, get_seq_length and the suite's own loop work unchanged.
 Positions of cached tokens are 0..T-1: unpadded prompts, as the suite feeds them.
 """
 import torch
@@ -102,10 +102,10 @@ class LatentAttention(nn.Module):
             kg = k[:, g * self.gs:(g + 1) * self.gs]
             if t == 1:   # each rebuilt K position and each latent read once, not once per query head
                 outs.append(grouped_decode_attention(q[:, heads], kg, zvg, mask, self.scaling).unsqueeze(2))
-                continue
-            kg = kg.repeat_interleave(self.n_rep, dim=1)
-            outs.append(F.scaled_dot_product_attention(q[:, heads], kg, zvg.expand(-1, kg.shape[1], -1, -1),
-                                                       attn_mask=mask, is_causal=is_causal, scale=self.scaling))
+            else:
+                kg = kg.repeat_interleave(self.n_rep, dim=1)
+                outs.append(F.scaled_dot_product_attention(q[:, heads], kg, zvg.expand(-1, kg.shape[1], -1, -1),
+                                                           attn_mask=mask, is_causal=is_causal, scale=self.scaling))
         out = torch.cat(outs, dim=1).transpose(1, 2).reshape(b, t, -1)   # per head: P_h @ zv_g(h)
         return self.o_proj(out), None
 
