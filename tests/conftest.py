@@ -28,3 +28,22 @@ def llm_run(tmp_path):
         return proc, runs
     go.root = root
     return go
+
+
+@pytest.fixture(scope="session")
+def standin_hf_home(tmp_path_factory):
+    """An HF cache filled the way a login node fills one: the real clients (snapshot_download,
+    load_dataset) against the Hub stand-in, which `populate` starts and stops."""
+    home = tmp_path_factory.mktemp("hf_home")
+    log = home.parent / "standin-requests.log"   # the server's request log, beside the cache
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "hub_standin.py"), "populate", "--hf-home", str(home),
+                           "--log", str(log)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return home
+
+
+def wikitext_text(split):
+    """WikiText-2 raw as the stand-in serves it (one row per line, blank lines empty), joined as the suite
+    joins the rows: rebuilt from the source file here, not read through datasets."""
+    lines = (REPO / "data" / "hub_standin" / "wikitext" / f"{split}.txt").read_text().splitlines()
+    return "\n\n".join(line + "\n" if line else "" for line in lines)

@@ -16,6 +16,11 @@ def test_defaults_come_from_the_yaml():
     assert full["palu"]["group_size"] == 4 and cfg["palu"]["group_size"] == 3
 
 
+def test_limit_takes_all():
+    assert resolve({"limit": "all"})["lmeval"]["limit"] == "all" and resolve({"limit": "7"})["lmeval"]["limit"] == 7
+    assert resolve({})["palu"]["factors"] == "load" and resolve({"check_only": True})["check_only"] is True
+
+
 def test_overrides_and_cell_ids():
     cfg = resolve({"prefill_batch": "4", "prefill_seq_len": "1024,2048", "iters": "7"})
     assert [i for i, _ in grid_cells(cfg, "prefill")] == ["B4-S1024", "B4-S2048"]
@@ -43,6 +48,7 @@ def test_overrides_and_cell_ids():
     ({"palu_ratio": "0"}, "--palu-ratio: 0.0 is not allowed; it must be in (0, 1]"),
     ({"palu_ratio": "1.5"}, "--palu-ratio: 1.5 is not allowed; it must be in (0, 1]"),
     ({"palu_svd": "qr"}, "--palu-svd: unknown value 'qr'; allowed: whiten, plain"),
+    ({"palu_factors": "reuse"}, "--palu-factors: unknown value 'reuse'; allowed: load, recompute"),
     ({"decode_mode": "eager,eager"}, "--decode-mode: ['eager', 'eager'] is not allowed; allowed: one or more of "
                                      "eager, compiled"),
     ({"suites_file": "/nonexistent.yaml"}, "suite file /nonexistent.yaml does not exist"),

@@ -169,3 +169,107 @@ def test_quality_on_the_embedded_model_degrades_gradually(smol):
         ppl[ratio] = perplexity(lm.model, ids, 512)["ppl"]
     assert base < ppl[0.9] < ppl[0.7] < ppl[0.5], (base, ppl)
     assert ppl[0.7] / base < 1.5, (base, ppl)
+
+
+def _write_palu_dump(lm, facts, folder, origin):
+    """A ratio dir as PaLU's compress.py writes one: save_pretrained of the compressed model, then
+    model_type, architectures, head_wise_ranks and original_model_name_or_path in its config.json."""
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(model_type="palullama", architectures=["PaluLlamaForCausalLM"], original_model_name_or_path=origin,
+               head_wise_ranks={m: v["logical"] for m, v in facts["modules"].items()})
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def palu_dump(smol, tmp_path_factory):
+    lm, facts = compressed(smol, ratio=0.5, rounding=1)    # irregular ranks: 96 of 192
+    folder = tmp_path_factory.mktemp("palu") / "SmolLM2-135M-Instruct_ratio-0.5_gs-3-fisher_uniform-whiten"
+    return _write_palu_dump(lm, facts, folder, "HuggingFaceTB/SmolLM2-135M-Instruct"), logits(lm.model, PROBE)
+
+
+@pytest.mark.slow
+def test_a_palu_dump_loads_its_own_factors(smol, palu_dump):
+    folder, want = palu_dump
+    assert palu.dump_weight_files(folder) == [folder / "model.safetensors"]
+    lm, facts = compressed(smol, ratio=0.5, ranks=str(folder))
+    assert facts["factors"] == f"loaded from {folder}" and facts["calibration"] is None
+    assert facts["rank_info"]["factors_from"] == {"dir": str(folder), "files": ["model.safetensors"]}
+    assert torch.equal(logits(lm.model, PROBE), want)
+    # the ratio dir resolver finds the same dump by name and loads it too
+    lm, facts = compressed(smol, ratio=0.5, ranks=str(folder.parent))
+    assert facts["factors"] == f"loaded from {folder}" and torch.equal(logits(lm.model, PROBE), want)
+    # recompute: PaLU's ranks, the suite's own whitened factors
+    lm, facts = compressed(smol, ratio=0.5, ranks=str(folder), factors="recompute")
+    assert facts["factors"] == "recomputed (whiten)" and facts["calibration"]["windows"] == 4
+    assert facts["modules"]["model.layers.0.self_attn.k_proj"]["logical"] == [96]
+
+
+@pytest.mark.slow
+def test_a_dump_that_disagrees_is_refused_naming_what(smol, palu_dump, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder, _ = palu_dump
+    bad = tmp_path / folder.name
+    shutil.copytree(folder, bad)
+    tensors = load_file(bad / "model.safetensors")
+    name = "model.layers.3.self_attn.v_proj.VT.weight"
+    tensors[name] = tensors[name][:95].clone()
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(UsageError) as e:
+        palu.allocate(pcfg(ratio=0.5, ranks=str(bad)), smol.spec.config, "smollm2-135m", "SmolLM2-135M-Instruct")
+    assert str(e.value) == (f"--palu-ranks: {bad}: {name} has shape [95, 576]; allowed: [96, 576] (ranks [96] of its "
+                            "config, hidden 576, group size 3 x head_dim 64) - the dump disagrees with its ranks or "
+                            "the model")
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "original_model_name_or_path": "meta-llama/Llama-2-7b-hf"}))
+    with pytest.raises(UsageError, match=r"^--palu-ranks: .*/other was made from 'meta-llama/Llama-2-7b-hf' "
+                                         r"\(original_model_name_or_path\), not from SmolLM2-135M-Instruct; allowed"):
+        palu.allocate(pcfg(ratio=0.5, ranks=str(other)), smol.spec.config, "smollm2-135m", "SmolLM2-135M-Instruct")
+    # recomputing needs only the ranks, so the same dirs are accepted with --palu-factors recompute
+    ranks, info = palu.allocate(pcfg(ratio=0.5, ranks=str(bad), factors="recompute"), smol.spec.config,
+                                "smollm2-135m", "SmolLM2-135M-Instruct")
+    assert "factors_from" not in info and ranks["model.layers.3.self_attn.v_proj"] == [96]
+
+
+def test_headline_names_effective_compression():
+    """gs 1 at ratio 0.9 on SmolLM2 rounds every rank to 64 of 64: no compression, and the run must say so."""
+    cfg = models.resolve("smollm2-135m", resolve({})["models"]).config
+    def facts(ratio, gs, rounding):
+        ranks = palu.uniform_ranks(cfg, ratio, gs, rounding)
+        f = palu.summarize_ranks({k: {"logical": v, "physical": v} for k, v in ranks.items()}, cfg, gs, 64)
+        return {**f, "ratio": ratio}
+    assert palu.headline(facts(0.9, 1, 32)) == ("WARNING: no compression at all: every rank is full; requested ratio "
+                                                "0.9 (KV cut 0.1000); effective KV cut 0.0000 (ranks kept 1.0000, mean "
+                                                "rank 64.0 of 64)")
+    assert palu.headline(facts(0.6, 1, 32)).startswith("WARNING: the effective compression differs from the "
+                                                       "requested ratio; requested ratio 0.6 (KV cut 0.4000); effective "
+                                                       "KV cut 0.5000")
+    assert palu.headline(facts(0.7, 3, 32)) == ("requested ratio 0.7 (KV cut 0.3000); effective KV cut 0.3333 (ranks "
+                                                "kept 0.6667, mean rank 128.0 of 192)")
+
+
+def test_a_mismatched_dump_stops_the_run_at_session_start(tmp_path):
+    """Exit 2 with the one line, before any weights load and with no run dir."""
+    from safetensors.torch import save_file
+
+    from .conftest import run_cli
+
+    dump = tmp_path / "SmolLM2-135M-Instruct_ratio-0.7_gs-3-fisher_uniform-whiten"
+    dump.mkdir()
+    ranks = {p: [128] for p in palu.module_paths(models.resolve("smollm2-135m", resolve({})["models"]).config)}
+    (dump / "config.json").write_text(json.dumps({"model_type": "palullama", "head_wise_ranks": ranks,
+                                                  "original_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}))
+    save_file({"model.layers.0.self_attn.k_proj.VT.weight": torch.zeros(127, 576)}, dump / "model.safetensors")
+    proc = run_cli("gcompress_bench.llm_eval", "--variant", "palu", "--suite", "ppl", "--palu-ranks", str(dump),
+                   "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    assert (f"--palu-ranks: {dump}: model.layers.0.self_attn.k_proj.VT.weight has shape [127, 576]; allowed: "
+            "[128, 576]") in proc.stdout + proc.stderr
+    assert not (tmp_path / "r").exists()

@@ -1,4 +1,5 @@
 """ppl and lmeval on the embedded model, checked against independent computations."""
+import hashlib
 import json
 import math
 
@@ -55,8 +56,11 @@ def test_fallback_corpus_and_tasks_are_named(tmp_path, monkeypatch):
     assert source == "data/tiny_corpus.txt (FALLBACK: WikiText-2 not in the HF cache)"
     assert text == (REPO / "data/tiny_corpus.txt").read_text()
     tasks = lmeval.resolve_tasks(["piqa", "hellaswag"])
-    assert tasks["piqa"][0]["task"] == "mini_piqa" and tasks["hellaswag"][0]["task"] == "mini_hellaswag"
-    assert tasks["piqa"][1].startswith("FALLBACK: baber/piqa is not in the local HF datasets cache; ran mini_piqa")
+    assert tasks["piqa"].spec["task"] == "mini_piqa" and tasks["hellaswag"].spec["task"] == "mini_hellaswag"
+    assert tasks["piqa"].source.startswith("FALLBACK: baber/piqa is not in the local HF datasets cache; ran mini_piqa")
+    assert tasks["piqa"].provenance["files"] == {
+        str(REPO / f"data/tasks/mini_piqa.{ext}"): hashlib.sha256((REPO / f"data/tasks/mini_piqa.{ext}").read_bytes(
+        )).hexdigest() for ext in ("yaml", "jsonl")}
 
 
 def test_mini_tasks_are_balanced_and_large_enough():
@@ -68,17 +72,25 @@ def test_mini_tasks_are_balanced_and_large_enough():
 
 @pytest.mark.slow
 def test_lmeval_through_the_real_harness_matches_direct_logliks(smol, tmp_path):
-    """A user task YAML pointing at local files (the built-in-task path, offline), scored by lm-eval;
-    each item's log-likelihoods are recomputed here directly from the model."""
+    """A user task YAML two folders down (indexed recursively, as lm-eval does) pointing at local files,
+    scored by lm-eval on every item (--limit all); each item's log-likelihoods are recomputed here
+    directly from the model."""
     rows = [json.loads(line) for line in (REPO / "data/tasks/mini_piqa.jsonl").read_text().splitlines()[:6]]
-    (tmp_path / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    nested = tmp_path / "suite" / "physical"
+    nested.mkdir(parents=True)
+    (nested / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     yaml_text = (REPO / "data/tasks/mini_piqa.yaml").read_text().replace("mini_piqa.jsonl", "items.jsonl")
-    (tmp_path / "my_piqa.yaml").write_text(yaml_text.replace("task: mini_piqa", "task: my_piqa"))
-    (task, source), = lmeval.resolve_tasks(["my_piqa"], str(tmp_path)).values()
-    rec = lmeval.evaluate(smol, task, source, fewshot=0, limit=5, batch_size=4)
-    assert rec["n"] == 5 and 0 <= rec["acc"] <= 1 and source.endswith("(user task)")
+    (nested / "my_piqa.yaml").write_text(yaml_text.replace("task: mini_piqa", "task: my_piqa"))
+    task = lmeval.resolve_tasks(["my_piqa"], str(tmp_path))["my_piqa"]
+    assert task.source == str(nested / "my_piqa.yaml")
+    rec = lmeval.evaluate(smol, task, fewshot=0, limit=None, batch_size=4)
+    assert rec["n"] == rec["n_available"] == 6 and rec["split"] == "test"
+    assert rec["data"]["files"] == {str(nested / f): hashlib.sha256((nested / f).read_bytes()).hexdigest()
+                                    for f in ("my_piqa.yaml", "items.jsonl")}
+    docs = [{k: r[k] for k in ("goal", "sol1", "sol2", "label")} for r in rows]
+    assert rec["data"]["docs_sha256"] == hashlib.sha256(json.dumps(docs, sort_keys=True).encode()).hexdigest()
     assert rec["acc"] == pytest.approx(sum(int(max(range(2), key=i["loglik"].__getitem__) == i["target"])
-                                           for i in rec["items"]) / 5)
+                                           for i in rec["items"]) / 6)
     for item in rec["items"][:2]:
         row = rows[item["doc_id"]]
         ctx = smol.tokenizer(f"Question: {row['goal']}\nAnswer:").input_ids
@@ -102,9 +114,15 @@ def test_mcnemar_exact_against_scipy(b, c):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--suite", "lmeval", "--tasks", "nope"], "--tasks: unknown task 'nope'; allowed: hellaswag, mini_hellaswag, "
-                                                "mini_piqa, piqa"),
-    (["--suite", "lmeval", "--limit", "0"], "--limit: 0 is not allowed; it must be >= 1"),
+    (["--suite", "lmeval", "--tasks", "nope"], f"--tasks: unknown task 'nope'; searched {REPO / 'data/tasks'}, the "
+                                                "installed lm-eval's built-in tasks; allowed: a task of the installed "
+                                                "lm-eval (e.g. piqa, hellaswag) or one of mini_hellaswag, mini_piqa"),
+    (["--suite", "lmeval", "--tasks", "nope", "--tasks-path", str(REPO / "data")],
+     f"--tasks: unknown task 'nope'; searched {REPO / 'data'} (recursively), {REPO / 'data/tasks'}, the installed"),
+    (["--suite", "lmeval", "--limit", "0"], "--limit: 0 is not allowed; it must be an integer >= 1 or 'all'"),
+    (["--suite", "lmeval", "--limit", "most"], "--limit: 'most' is not an integer or 'all'"),
+    (["--suite", "lmeval", "--tasks", "arc_easy"], "--tasks: arc_easy's dataset 'allenai/ai2_arc' is not in the local "
+                                                   "HF datasets cache"),
     (["--suite", "ppl", "--ppl-corpus", "/no/such.txt"], "--ppl-corpus: '/no/such.txt' is not a file"),
     (["--suite", "lmeval", "--tasks-path", "/no/such/dir"], "--tasks-path: '/no/such/dir' is not a folder"),
     (["--suite", "ppl", "--model", "llama3-8b-shape"], "--model: 'llama3-8b-shape' has synthetic weights; the "
@@ -129,6 +147,10 @@ def test_llm_eval_cli_both_variants_with_paired_comparison(tmp_path):
                        "--baseline-run", str(tmp_path / "default" / f"b-{suite}"), *common)
         assert palu.returncode == 0, palu.stdout + palu.stderr
         summary = json.loads((tmp_path / "default" / f"p-{suite}" / "summary.json").read_text())
+        md = (tmp_path / "default" / f"p-{suite}" / "run_summary.md").read_text()
+        assert summary["iterations"] is None and "iterations" not in md and "prefill" not in md
+        assert not (tmp_path / "default" / f"p-{suite}" / "plots").exists()
+        assert md.splitlines()[4].startswith("- PaLU: requested ratio 0.7 (KV cut 0.3000); effective KV cut 0.3333")
         (cell, paired), = summary["paired"]["cells"].items()
         if suite == "ppl":
             assert paired["same_windows"] and paired["ppl_ratio"] > 1

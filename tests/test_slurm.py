@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import time
+from datetime import datetime
 
 import pytest
 
@@ -16,7 +17,10 @@ GRID = ("--prefill-batch=1,2 --prefill-seq-len=16 --decode-ctx=16 --decode-gen=4
         "--iters=3 --trials=1 --ppl-seq-len=256 --fewshot=0")
 SMALL = ["--no-gpu", "--model", "smollm2-135m", "--profile", "quick", "--tasks", "piqa", "--limit", "4",
          "--job-args", GRID]
-JOB_RES = ["--", "--mem=3G", "--cpus-per-task=1"]
+HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+NIGHT = ["--no-gpu", "--model", HF_ID, "--profile", "quick", "--tasks", "piqa,hellaswag", "--limit", "8",
+         "--job-args", GRID]
+JOB_RES = ["--", "--mem=1500M", "--cpus-per-task=1"]   # the local partition oversubscribes its 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +32,10 @@ def slurm():
     subprocess.run(["bash", str(REPO / "tools/local_slurm.sh"), "stop"], timeout=60)
 
 
-def launch(tmp_path, *args):
+def launch(tmp_path, *args, env=None):
     proc = subprocess.run(["bash", str(LAUNCH), "--results-root", str(tmp_path / "results"),
                            "--reports-root", str(tmp_path / "reports"), *args], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout, [int(i) for i in re.findall(r"job (\d+)", proc.stdout)]
 
@@ -48,18 +52,43 @@ def wait(ids, limit=900):
     pytest.fail(f"jobs {ids} still queued after {limit} s")
 
 
-def test_night_runs_six_jobs_and_a_report_naming_the_failed_ones(slurm, tmp_path):
-    out, ids = launch(tmp_path, *SMALL, "--exp-group", "night", "--variants", "baseline,palu,bogus", *JOB_RES)
+def _job_times(jid):
+    line = subprocess.run(["scontrol", "show", "job", "-o", str(jid)], capture_output=True, text=True).stdout
+    return [datetime.fromisoformat(re.search(rf"{k}=(\S+)", line)[1]) for k in ("StartTime", "EndTime")]
+
+
+def test_the_night_on_an_hf_cache_six_jobs_at_once(slurm, tmp_path, standin_hf_home):
+    """The user's first night: an HF id and the datasets from an HF cache filled on a login node, an empty
+    suite cache, all six jobs starting together (the three palu jobs race for the whitening factors),
+    plus three jobs with a bad variant that must fail and be named in the report."""
+    cold = tmp_path / "cold-cache"
+    env = {**os.environ, "GC_HF_HOME": str(standin_hf_home), "GCOMPRESS_CACHE": str(cold)}
+    start = time.monotonic()
+    out, ids = launch(tmp_path, *NIGHT, "--exp-group", "night", "--variants", "baseline,palu,bogus", *JOB_RES,
+                      env=env)
     assert len(ids) == 10   # 9 jobs (3 with the bad variant 'bogus') + the report
     wait(ids)
-    runs = sorted(p.name.split("-", 2)[2] for p in (tmp_path / "results" / "night").iterdir())
+    wall = time.monotonic() - start
+    night = tmp_path / "results" / "night"
+    runs = sorted(p.name.split("-", 2)[2] for p in night.iterdir())
     assert runs == sorted(f"{v}-{s}" for v in ("baseline", "palu") for s in ("infer_sweep", "ppl", "lmeval"))
-    for run in (tmp_path / "results" / "night").iterdir():
+    spans = [_job_times(j) for j in ids[:6]]
+    assert max(s for s, _ in spans) < min(e for _, e in spans), spans   # all six were running at one moment
+    hits = []
+    for run in night.iterdir():
         for name in ("config.json", "env.json", "raw.json", "summary.json", "run_summary.md"):
             assert (run / name).exists(), (run, name)
-        env = json.loads((run / "env.json").read_text())
-        assert env["slurm"]["SLURM_JOB_ID"] and env["hf_offline"]["HF_HUB_OFFLINE"] == "1"
+        env_json = json.loads((run / "env.json").read_text())
+        assert env_json["slurm"]["SLURM_JOB_ID"] and env_json["hf_offline"]["HF_HUB_OFFLINE"] == "1"
+        assert env_json["hf_offline"]["HF_HOME"] == str(standin_hf_home)
         assert all(c["status"] == "ok" for c in json.loads((run / "raw.json").read_text())["cells"].values())
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["model_facts"]["revision"] and cfg["model_facts"]["path"].startswith(str(standin_hf_home))
+        if cfg["variant"] == "palu":
+            hits.append(cfg["palu_facts"]["calibration"]["cache_hit"])
+    assert sorted(hits) == [False, True, True]   # computed once under the lock, read by the other two
+    left = sorted(p.name for p in cold.rglob("*"))
+    assert len([n for n in left if n.endswith(".pt")]) == 1 and not [n for n in left if ".tmp" in n], left
     logs = REPO / "slurm_logs"
     err = (logs / f"bogus-ppl_{ids[7]}.err").read_text()
     assert "run_llm.sbatch: --variant: unknown value 'bogus'; allowed: baseline, palu" in err
@@ -68,8 +97,11 @@ def test_night_runs_six_jobs_and_a_report_naming_the_failed_ones(slurm, tmp_path
     for name, jid in zip(["bogus-infer_sweep", "bogus-ppl", "bogus-lmeval"], ids[6:9]):
         assert f"| {name} | {jid} | **FAILED** (FAILED) | 2:0 |" in md
     assert f"| baseline-ppl | {ids[1]} | COMPLETED | 0:0 |" in md
-    assert re.search(r"\| test_ppl\[S256\] \| \d+\.\d{4} \| \d+\.\d{4} \| \d+\.\d{4} \| True \|", md)
+    assert "FALLBACK" not in md and "baber/piqa (HF datasets cache" in md and "Rowan/hellaswag (HF datasets" in md
+    assert re.search(r"\| test_ppl\[S256\] \| \d+\.\d{4} \| \d+\.\d{4} \| \d+\.\d{4} \| True \| "
+                     r"Salesforce/wikitext wikitext-2-raw-v1 test \(HF datasets cache", md)
     assert re.search(r"\| test_prefill\[B1-S16\] \| \d+\.\d{3} \|", md)
+    print(f"night wall time: {wall:.0f} s")
 
 
 def test_sharded_infer_sweep_merges_to_the_unsharded_cell_set(slurm, tmp_path):

@@ -75,6 +75,10 @@ def test_quick_infer_sweep_writes_a_complete_run(llm_run, variant):
         assert facts["kv_compression_logical"] == pytest.approx(1 / 3)
         assert "Paris" in facts["verification"]["generation"]
         assert "## PaLU compression" in md and "KV compression 1 - sum(r)/sum(gs*head_dim): logical 0.3333" in md
+        assert facts["factors"] == "recomputed (whiten)" and "factors recomputed (whiten)" in md
+        headline = "requested ratio 0.7 (KV cut 0.3000); effective KV cut 0.3333 (ranks kept 0.6667, mean rank 128.0"
+        assert md.splitlines()[4].startswith(f"- PaLU: {headline}") and f"palu: {headline}" in proc.stdout
+        assert "palu: calibration on 8 x 512 tokens of " in proc.stdout and "palu: layer 30/30 factored" in proc.stdout
     else:
         assert "palu_facts" not in cfg and "PaLU" not in md
 

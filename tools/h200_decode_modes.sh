@@ -4,7 +4,7 @@
 #   PATHS: which of baseline, palu (full cache), latent (palu, latent cache); default all three;
 #          alignN = palu without PaLU's rank rounding, physical dims padded to a multiple of N
 #   RUN_LIMIT_S: time limit per run (SIGINT: the run dir keeps every finished cell)
-# Usage (device tool): bash tools/h200_decode_modes.sh OUTDIR [pytest options, e.g. -m decode --decode-mode compiled]
+# Usage: bash tools/h200_decode_modes.sh OUTDIR [pytest options, e.g. -m decode --decode-mode compiled]
 set -uo pipefail
 out=$1; shift
 for path in ${PATHS:-baseline palu latent}; do
@@ -18,8 +18,8 @@ for path in ${PATHS:-baseline palu latent}; do
     --model llama3-8b-shape --profile "${PROFILE:-full}" --results-root "$out/runs" --exp-group h200 \
     --run-id "${TAG:-}$path" "${args[@]}" "$@" > "$out/${TAG:-}$path.log" 2>&1
   echo "$path: exit $? $(grep -c ' ok ' "$out/${TAG:-}$path.log") ok cells"
-  # packed at once, one level under OUTDIR: the device tool returns only files <= 2 folders down,
-  # and a call that runs out of time would otherwise return none of this run dir
+  # packed at once, one level under OUTDIR, so the whole output can be copied off the node as flat
+  # archives, and a job stopped early by a time limit still keeps every finished run dir
   tar czf "$out/${TAG:-}$path.tgz" -C "$out/runs/h200" "${TAG:-}$path" && rm -rf "$out/runs/h200/${TAG:-}$path"
   grep -E "^\[" "$out/${TAG:-}$path.log" | tail -20
 done

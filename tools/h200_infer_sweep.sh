@@ -4,7 +4,7 @@
 #   PARALLEL=1 (default): baseline on GPU 0 and palu on GPU 1 of one host, at the same time
 #   PARALLEL=0: one after the other on GPU 0 (no host-side interference between the two)
 #   MARK: the cells (pytest -m), default "prefill or decode"; SWEEP_LIMIT_S: time limit per variant
-# Usage (device tool): bash tools/h200_infer_sweep.sh OUTDIR [pytest options, e.g. --trials 1]
+# Usage: bash tools/h200_infer_sweep.sh OUTDIR [pytest options, e.g. --trials 1]
 set -uo pipefail
 out=$1; shift
 limit=${SWEEP_LIMIT_S:-520}

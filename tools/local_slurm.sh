@@ -56,7 +56,7 @@ SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
 NodeName=$node NodeAddr=127.0.0.1 $hw RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:8
 CONF
   pgrep -x slurmctld >/dev/null || slurmctld -c -f /etc/slurm/slurm.conf
   pgrep -x slurmd >/dev/null || slurmd -N "$node" -f /etc/slurm/slurm.conf

@@ -15,8 +15,9 @@ def parser(prog, suites, default_suite):
                                 "Arguments after `--` go to pytest unchanged.")
     p.add_argument("--suite", default=default_suite, help=f"one of: {', '.join(suites)}")
     p.add_argument("--out", help="results root (same as --results-root)")
-    for flag, _, _, help_text in OPTIONS:
-        p.add_argument(flag, dest=option_dest(flag), help=help_text)
+    for flag, _, kind, help_text in OPTIONS:
+        p.add_argument(flag, dest=option_dest(flag), help=help_text,
+                       **({"action": "store_true", "default": None} if kind == "flag" else {}))
     return p
 
 
@@ -27,7 +28,8 @@ def pytest_args(args, extra):
     given = vars(args)
     if args.out and not given.get("results_root"):
         given["results_root"] = args.out
-    out += [f"{flag}={given[option_dest(flag)]}" for flag, *_ in OPTIONS if given.get(option_dest(flag)) is not None]
+    out += [flag if kind == "flag" else f"{flag}={given[option_dest(flag)]}"
+            for flag, _, kind, _ in OPTIONS if given.get(option_dest(flag)) is not None]
     return out + extra
 
 

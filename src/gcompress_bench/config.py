@@ -15,11 +15,13 @@ SUITES_FILE = REPO_ROOT / "experiments" / "llm_suites.yaml"
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 SVD_MODES = ("whiten", "plain")
+FACTOR_MODES = ("load", "recompute")
 DECODE_MODES = ("eager", "compiled")
 GRID_KEYS = {"prefill": ("batch", "seq_len"), "decode": ("ctx", "gen", "batch")}
 ITER_KEYS = ("warmup", "iters", "trials")
 
-# (flag, config path, kind, help). kind: str | int | float | ints (comma list)
+# (flag, config path, kind, help). kind: str | int | float | ints / strs (comma lists) | limit (int or "all")
+# | flag (no value)
 OPTIONS = [
     ("--variant", "variant", "str", "model variant: baseline or palu"),
     ("--model", "model", "str", "smollm2-135m, llama3-8b-shape, an HF id in the local cache, or a model folder"),
@@ -47,6 +49,8 @@ OPTIONS = [
     ("--palu-svd", "palu.svd", "str", "PaLU: whiten (default) or plain"),
     ("--palu-rounding", "palu.rounding", "int", "PaLU: round ranks to a multiple of N (1 = none)"),
     ("--palu-align", "palu.align", "int", "PaLU: pad physical dims to a multiple of N (1 = none)"),
+    ("--palu-factors", "palu.factors", "str", "PaLU: load (default: a PaLU dump's own K/V factors when --palu-ranks "
+                                              "holds its weights) or recompute"),
     ("--palu-cache", "palu.cache", "str", "PaLU: full (K and V cached, PaLU's HF path) or latent (latents cached)"),
     ("--palu-calib", "palu.calib", "str", "PaLU: calibration text: auto, wikitext2, or a text file"),
     ("--palu-calib-samples", "palu.calib_samples", "int", "PaLU: calibration windows"),
@@ -55,11 +59,13 @@ OPTIONS = [
     ("--ppl-seq-len", "ppl.seq_len", "int", "ppl: tokens per window"),
     ("--ppl-stride", "ppl.stride", "int", "ppl: window stride (< seq len: sliding windows)"),
     ("--tasks", "lmeval.tasks", "strs", "lmeval: comma-separated tasks, e.g. piqa,hellaswag"),
-    ("--limit", "lmeval.limit", "int", "lmeval: first N documents per task"),
+    ("--limit", "lmeval.limit", "limit", "lmeval: first N documents per task, or all"),
     ("--fewshot", "lmeval.fewshot", "ints", "lmeval: few-shot counts, each its own cell, e.g. 0,1"),
-    ("--tasks-path", "lmeval.tasks_path", "str", "lmeval: a folder of your own task YAMLs"),
+    ("--tasks-path", "lmeval.tasks_path", "str", "lmeval: a folder of your own task YAMLs (searched recursively)"),
     ("--baseline-run", "baseline_run", "str", "a baseline run dir to compare a palu run with, item by item"),
     ("--shard", "shard", "str", "i/N: run only slice i (0-based) of N of the selected cells, balanced by cost"),
+    ("--check-only", "check_only", "flag", "check that every input (model, datasets, tasks, rank files) is found "
+                                           "offline, name each, and stop: exit 0, or 1 if any would fall back"),
 ]
 
 
@@ -77,8 +83,11 @@ def _parse(flag, kind, raw):
             return [int(v) for v in str(raw).split(",")]
         if kind == "strs":
             return [v for v in str(raw).split(",") if v]
+        if kind == "limit":
+            return "all" if raw == "all" else int(raw)
     except ValueError:
-        want = {"int": "an integer", "float": "a number", "ints": "a comma-separated list of integers"}[kind]
+        want = {"int": "an integer", "float": "a number", "ints": "a comma-separated list of integers",
+                "limit": "an integer or 'all'"}[kind]
         raise UsageError(f"{flag}: {raw!r} is not {want}") from None
     return raw
 
@@ -161,8 +170,9 @@ def _validate(cfg, models):
     modes = cfg["decode"].get("mode")
     if not modes or any(m not in DECODE_MODES for m in modes) or len(set(modes)) < len(modes):
         raise UsageError(f"--decode-mode: {modes} is not allowed; allowed: one or more of {', '.join(DECODE_MODES)}")
-    if cfg["lmeval"]["limit"] < 1:
-        raise UsageError(f"--limit: {cfg['lmeval']['limit']} is not allowed; it must be >= 1")
+    limit = cfg["lmeval"]["limit"]
+    if limit != "all" and (not isinstance(limit, int) or limit < 1):
+        raise UsageError(f"--limit: {limit!r} is not allowed; it must be an integer >= 1 or 'all'")
     if not cfg["lmeval"]["tasks"] or any(k < 0 for k in cfg["lmeval"]["fewshot"]) or not cfg["lmeval"]["fewshot"]:
         raise UsageError(f"--tasks/--fewshot: {cfg['lmeval']['tasks']}/{cfg['lmeval']['fewshot']} is not allowed; "
                          "give at least one task and few-shot counts >= 0")
@@ -181,6 +191,7 @@ def _validate(cfg, models):
         raise UsageError(f"--palu-ratio: {p['ratio']} is not allowed; it must be in (0, 1]")
     _check_choice("--palu-svd", p["svd"], SVD_MODES)
     _check_choice("--palu-cache", p["cache"], ("full", "latent"))
+    _check_choice("--palu-factors", p["factors"], FACTOR_MODES)
     for key in ("group_size", "rounding", "align", "calib_samples", "calib_seq_len"):
         if p[key] < 1:
             raise UsageError(f"--palu-{key.replace('_', '-')}: {p[key]} is not allowed; it must be >= 1")

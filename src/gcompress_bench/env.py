@@ -54,6 +54,7 @@ def capture(argv, seed):
         "gpu_count": torch.cuda.device_count() if cuda else 0,
         "transformers": _version("transformers"),
         "lm_eval": _version("lm_eval"),
+        "datasets": _version("datasets"),
         "host": socket.gethostname(),
         "cpu": _cpu(),
         "cpu_count": os.cpu_count(),
@@ -64,4 +65,5 @@ def capture(argv, seed):
         "command": argv,
         "seed": seed,
         "hf_offline": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")},
+        "gcompress_cache": os.environ.get("GCOMPRESS_CACHE"),
     }

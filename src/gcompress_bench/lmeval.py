@@ -1,86 +1,150 @@
 """lm-eval accuracy on the in-memory model, through the real lm-evaluation-harness.
 
-A built-in task (piqa, hellaswag) runs when its dataset is in the local HF cache; otherwise its
-offline stand-in from data/tasks/ runs, and the record says so: a fallback is never silent.
+A built-in task (piqa, hellaswag, any task of the installed lm-eval) runs lm-eval's own task
+definition on its dataset from the local HF cache. When piqa's or hellaswag's dataset is not
+cached, its offline stand-in from data/tasks/ runs instead and the record says FALLBACK; a
+fallback is never silent. Every record carries what was evaluated: the data source, the dataset
+revision or the task files' hashes, a sha256 of the documents scored, and n against n available.
 """
+import functools
+import hashlib
 import importlib.metadata
+import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
 
 from . import REPO_ROOT, UsageError
 
 TASKS_DIR = REPO_ROOT / "data" / "tasks"
-BUILTIN = {"piqa": "baber/piqa", "hellaswag": "Rowan/hellaswag"}   # the HF datasets lm-eval's tasks read
+FALLBACKS = {"piqa": "mini_piqa", "hellaswag": "mini_hellaswag"}   # offline stand-ins in data/tasks/
 
 
-def local_task_configs(folder):
-    """Task YAMLs of a folder as dicts, their data_files made absolute (relative to the YAML)."""
-    out = {}
-    for path in sorted(Path(folder).glob("*.yaml")):
-        cfg = yaml.safe_load(path.read_text())
-        files = cfg.get("dataset_kwargs", {}).get("data_files", {})
-        for split, f in files.items():
-            files[split] = str((path.parent / f).resolve())
-        out[cfg["task"]] = cfg
-    return out
+@dataclass
+class TaskSource:
+    """What runs for one requested task name, and where its data comes from."""
+    spec: object                 # a built-in task name, or a local task's config dict
+    source: str                  # for records and summaries; starts with FALLBACK when it is one
+    provenance: dict = field(default_factory=dict)   # dataset revision, or {file: sha256} of a local task
 
 
-def builtin_cached(task):
-    """Whether a built-in task's dataset loads from the local HF cache (offline: fails at once if not)."""
+@functools.cache
+def builtin_tasks():
+    """lm-eval's TaskManager over its own built-in YAMLs, built once per process (a few seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def builtin_index():
+    return builtin_tasks().task_index
+
+
+def builtin_dataset(task):
+    """(dataset_path, dataset_name) that the installed lm-eval's YAML for `task` reads from the HF hub."""
+    entry = builtin_index().get(task)
+    if entry is None or entry.kind.name != "TASK":
+        raise UsageError(f"--tasks: {task!r} is not a single task of the installed lm-eval (groups and tags: "
+                         "name their tasks one by one)")
+    return entry.cfg.get("dataset_path"), entry.cfg.get("dataset_name")
+
+
+def cached_revision(path, name):
+    """The commit of a dataset in the local HF datasets cache, or (None, why not); never a download."""
     from datasets import load_dataset
 
     try:
-        load_dataset(BUILTIN[task], split="validation")
-        return True
-    except Exception:  # noqa: BLE001 - any failure offline means "not cached"
-        return False
+        ds = load_dataset(path, name)
+    except Exception as e:  # noqa: BLE001 - any failure offline means "not cached"
+        return None, str(e).splitlines()[0] if str(e) else type(e).__name__
+    split = next(iter(ds.values()))
+    return Path(split.cache_files[0]["filename"]).parent.name, None
 
 
-def resolve_tasks(names, tasks_path=None):
-    """Each requested task -> (what runs, its data source); unknown names are a usage error."""
-    if tasks_path and not Path(tasks_path).is_dir():
-        raise UsageError(f"--tasks-path: {tasks_path!r} is not a folder")
-    user = local_task_configs(tasks_path) if tasks_path else {}
-    mini = local_task_configs(TASKS_DIR)
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def local_tasks(folder):
+    """{task: TaskSource} for every task YAML under `folder`, recursively, as lm-eval indexes them;
+    data_files are relative to their YAML and are made absolute here."""
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._yaml_loader import load_yaml
+
     out = {}
-    for name in names:
-        if name in user:
-            out[name] = (user[name], f"{tasks_path}/{name} (user task)")
-        elif name in mini:
-            out[name] = (mini[name], f"{mini[name]['dataset_kwargs']['data_files']['test']} (project mini task)")
-        elif name in BUILTIN:
-            if builtin_cached(name):
-                out[name] = (name, f"{BUILTIN[name]} (HF datasets cache)")
-            else:
-                stand_in = mini[f"mini_{name}"]
-                out[name] = (stand_in, f"FALLBACK: {BUILTIN[name]} is not in the local HF datasets cache; "
-                                       f"ran {stand_in['task']} from {stand_in['dataset_kwargs']['data_files']['test']}")
-        else:
-            allowed = sorted(set(BUILTIN) | set(mini) | set(user))
-            raise UsageError(f"--tasks: unknown task {name!r}; allowed: {', '.join(allowed)}")
+    for name, entry in TaskManager(include_path=str(folder), include_defaults=False).task_index.items():
+        if entry.yaml_path is None or entry.cfg is None or "task" not in entry.cfg:
+            continue
+        cfg = load_yaml(entry.yaml_path, resolve_func=True)
+        files = cfg.get("dataset_kwargs", {}).get("data_files", {})
+        for split, f in files.items():
+            files[split] = str((Path(entry.yaml_path).parent / f).resolve())
+        prov = {str(p): _sha256(p) for p in [entry.yaml_path, *files.values()] if Path(p).is_file()}
+        out[name] = TaskSource(cfg, str(entry.yaml_path), {"files": prov})
     return out
 
 
-def evaluate(lm, task, source, fewshot, limit, batch_size):
-    """acc/acc_norm with stderr, n, and per-item log-likelihoods for item-by-item comparison."""
+def resolve_tasks(names, tasks_path=None):
+    """Each requested task -> TaskSource; an unknown name is a usage error naming where it looked."""
+    if tasks_path and not Path(tasks_path).is_dir():
+        raise UsageError(f"--tasks-path: {tasks_path!r} is not a folder")
+    user = local_tasks(tasks_path) if tasks_path else {}
+    mini = local_tasks(TASKS_DIR)
+    out = {}
+    for name in names:
+        if name in user or name in mini:
+            out[name] = user.get(name) or mini[name]
+            continue
+        if name not in builtin_index() or builtin_index()[name].kind.name != "TASK":
+            searched = ", ".join(filter(None, [f"{tasks_path} (recursively)" if tasks_path else None,
+                                               str(TASKS_DIR), "the installed lm-eval's built-in tasks"]))
+            local = sorted(set(user) | set(mini))
+            raise UsageError(f"--tasks: unknown task {name!r}; searched {searched}; allowed: a task of the "
+                             f"installed lm-eval (e.g. piqa, hellaswag) or one of {', '.join(local)}")
+        path, config = builtin_dataset(name)
+        revision, why = cached_revision(path, config)
+        if revision:
+            out[name] = TaskSource(name, f"{path} (HF datasets cache, revision {revision})",
+                                   {"dataset": path, "config": config, "revision": revision})
+        elif name in FALLBACKS:
+            stand_in = mini[FALLBACKS[name]]
+            out[name] = TaskSource(stand_in.spec, f"FALLBACK: {path} is not in the local HF datasets cache; ran "
+                                                  f"{FALLBACKS[name]} from {stand_in.source}", stand_in.provenance)
+        else:
+            raise UsageError(f"--tasks: {name}'s dataset {path!r} is not in the local HF datasets cache ({why}); "
+                             f"fill the cache on a machine with network: python tools/fill_hf_cache.py --tasks {name}")
+    return out
+
+
+def _docs_sha256(docs):
+    rows = [{k: v for k, v in dict(d).items()} for d in docs]
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def evaluate(lm, task, fewshot, limit, batch_size):
+    """acc/acc_norm with stderr, n of n available, provenance, and per-item log-likelihoods.
+    lm-eval's own default seeds are kept, so a direct `simple_evaluate` call reproduces a cell."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     t0 = time.perf_counter()
+    manager = builtin_tasks() if isinstance(task.spec, str) else TaskManager(include_defaults=False)
+    (name, task_obj), = manager.load(task.spec)["tasks"].items()
+    docs = list(task_obj.eval_docs)
+    n = len(docs) if limit is None else min(limit, len(docs))
     model = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size)
-    out = lm_eval.simple_evaluate(model=model, tasks=[task], num_fewshot=fewshot, limit=limit,
-                                  task_manager=TaskManager(), log_samples=True, random_seed=0,
-                                  numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
-    name = task if isinstance(task, str) else task["task"]
+    out = lm_eval.simple_evaluate(model=model, tasks=[task_obj], num_fewshot=fewshot, limit=limit,
+                                  log_samples=True)
     res = out["results"][name]
     items = sorted(out["samples"][name], key=lambda s: s["doc_id"])
     per_item = [{"doc_id": s["doc_id"], "target": s["target"],
                  "loglik": [float(r[0]) for r in s["filtered_resps"]],
                  "acc": s["acc"], "acc_norm": s["acc_norm"]} for s in items]
-    return {"task": name, "source": source, "fewshot": fewshot, "limit": limit, "n": len(per_item),
+    split = task_obj.config.test_split or task_obj.config.validation_split
+    return {"task": name, "source": task.source, "fewshot": fewshot, "limit": limit, "n": len(per_item),
+            "n_available": len(docs), "split": split,
+            "data": {**task.provenance, "docs_sha256": _docs_sha256(docs[:n])},
             "acc": res["acc,none"], "acc_stderr": res["acc_stderr,none"],
             "acc_norm": res["acc_norm,none"], "acc_norm_stderr": res["acc_norm_stderr,none"],
             "lm_eval": importlib.metadata.version("lm_eval"), "seconds": time.perf_counter() - t0,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import REPO_ROOT, UsageError
+from . import REPO_ROOT, UsageError, cache
 from .roofline import weight_bytes
 
 CACHE_ROOT = Path(os.environ.get("GCOMPRESS_CACHE", Path.home() / ".cache" / "gcompress_bench"))
@@ -28,6 +28,7 @@ class ModelSpec:
     kind: str            # gguf_package | synthetic | hf
     path: str            # folder from_pretrained reads, or the config file of a synthetic model
     config: object = field(repr=False)
+    revision: str = None  # the HF snapshot (commit) an HF id resolved to
 
     @property
     def synthetic(self):
@@ -46,7 +47,7 @@ class LoadedModel:
     def describe(self):
         cfg = self.spec.config
         return {
-            "name": self.spec.name, "kind": self.spec.kind, "path": self.spec.path,
+            "name": self.spec.name, "kind": self.spec.kind, "path": self.spec.path, "revision": self.spec.revision,
             "weights": SYNTHETIC_STAMP if self.spec.synthetic else "pretrained",
             "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device),
             "attn_implementation": self.model.config._attn_implementation,
@@ -72,7 +73,8 @@ def resolve(name, registry):
         return ModelSpec(name, "synthetic", str(path), _config_from_file(path))
     if os.path.isdir(name):
         return ModelSpec(name, "hf", os.path.abspath(name), AutoConfig.from_pretrained(name))
-    return ModelSpec(name, "hf", name, _cached_hf_config(name))
+    folder = _cached_hf_snapshot(name)
+    return ModelSpec(name, "hf", folder, AutoConfig.from_pretrained(folder), revision=os.path.basename(folder))
 
 
 def _config_from_file(path):
@@ -82,24 +84,34 @@ def _config_from_file(path):
     return AutoConfig.for_model(**data)
 
 
-def _cached_hf_config(repo_id):
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
+def _cached_hf_snapshot(repo_id):
+    """The snapshot folder of an HF id in the local HF cache, with its config and weights."""
     from huggingface_hub import constants, try_to_load_from_cache
-    from transformers import AutoConfig
 
     hit = try_to_load_from_cache(repo_id, "config.json")
+    fix = (f"nothing is downloaded at run time: on a machine with network run `hf download {repo_id}` (or "
+           "tools/fill_hf_cache.py) into that cache, or set HF_HOME / HF_HUB_CACHE to the cache that holds it")
     if not isinstance(hit, str):
-        raise ModelUnavailable(
-            f"model {repo_id!r} is not in the local HF cache (searched {constants.HF_HUB_CACHE}); "
-            f"nothing is downloaded at run time: on a machine with network run `hf download {repo_id}` "
-            "into that cache, or set HF_HOME / HF_HUB_CACHE to the cache that holds it")
-    return AutoConfig.from_pretrained(os.path.dirname(hit))
+        raise ModelUnavailable(f"model {repo_id!r} is not in the local HF cache (searched {constants.HF_HUB_CACHE}); "
+                               + fix)
+    folder = os.path.dirname(hit)
+    if not any(any(Path(folder).glob(pattern)) for pattern in WEIGHT_FILES):
+        raise ModelUnavailable(f"model {repo_id!r}: the HF cache holds its config but no weights "
+                               f"({' or '.join(WEIGHT_FILES)}) in {folder}; " + fix)
+    return folder
 
 
 def _dequantized_copy(name, entry):
     """The packaged GGUF, dequantized once into a safetensors folder that reloads in well under a second."""
     folder = CACHE_ROOT / "models" / name
-    if (folder / "model.safetensors").exists():
-        return folder
+    cache.build_once(folder, lambda tmp: _export_gguf(name, entry, tmp))
+    return folder
+
+
+def _export_gguf(name, entry, out):
     spec = importlib.util.find_spec(entry["package"])
     if spec is None or not spec.submodule_search_locations:
         raise ModelUnavailable(
@@ -115,12 +127,8 @@ def _dequantized_copy(name, entry):
     model.hf_quantizer = None  # the weights are dequantized; without this save_pretrained refuses
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, folder)
-    return folder
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
 
 
 def pick_device(name):

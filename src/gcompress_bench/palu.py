@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import REPO_ROOT, UsageError
+from . import REPO_ROOT, UsageError, cache
 from .models import CACHE_ROOT
 from .ppl import cached_wikitext2
 
 PROJS = ("k_proj", "v_proj")
 CALIB_TEXT = REPO_ROOT / "data" / "calibration.txt"
+EFFECTIVE_TOLERANCE = 0.05   # |ranks kept - ratio| above this is called out (PaLU's rounding to 32 moves 0.7 to 0.6875)
 RATIO_DIR_NAME = re.compile(r"^(?P<model>.+?)_ratio-(?P<ratio>[0-9.]+)_gs-(?P<gs>\d+)(?:-(?P<method>.+))?$")
 
 
@@ -122,18 +123,83 @@ def resolve_ratio_dir(root, model_name, ratio, gs, svd):
 
 
 def allocate(pcfg, config, model_name, palu_name):
-    """Ranks per module and where they came from; every check runs before weights are loaded."""
+    """Ranks per module and where they came from; every check runs before weights are loaded,
+    including those of a PaLU dump whose factors will be loaded."""
     gs = pcfg["group_size"]
     check_group_size(config, gs, model_name)
     src = pcfg.get("ranks")
     if not src:
         return uniform_ranks(config, pcfg["ratio"], gs, pcfg["rounding"]), {"source": "uniform"}
+    info = None
     if Path(src).is_dir() and not (Path(src) / "config.json").exists():
         chosen, candidates = resolve_ratio_dir(src, palu_name, pcfg["ratio"], gs, pcfg["svd"])
-        ranks = read_rank_file(Path(chosen) / "config.json", config, gs)
-        return ranks, {"source": "ratio_dir", "ratio_dir": str(src), "chosen": chosen, "candidates": candidates}
+        info = {"source": "ratio_dir", "ratio_dir": str(src), "chosen": chosen, "candidates": candidates}
+        src = chosen
     path = Path(src) / "config.json" if Path(src).is_dir() else Path(src)
-    return read_rank_file(path, config, gs), {"source": "rank_file", "path": str(path)}
+    info = info or {"source": "rank_file", "path": str(path)}
+    ranks = read_rank_file(path, config, gs)
+    if Path(src).is_dir():
+        files = dump_weight_files(src)
+        if files and pcfg["factors"] == "load":
+            check_dump(src, files, ranks, config, gs, palu_name)
+            info["factors_from"] = {"dir": str(Path(src).resolve()), "files": [f.name for f in files]}
+    return ranks, info
+
+
+# ---------------------------------------------------------------- PaLU's dumped checkpoints
+
+def dump_weight_files(folder):
+    """The weight files of a dir written by PaLU's compress.py (save_pretrained), sharded or not."""
+    folder = Path(folder)
+    return sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+
+
+def _dump_tensors(files, names=None, shapes_only=False):
+    """{name: tensor (or shape)} of the wanted tensors; safetensors headers are read without the data."""
+    from safetensors import safe_open
+
+    out = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            with safe_open(f, "pt") as st:
+                for k in st.keys():
+                    if names is None or k in names:
+                        out[k] = tuple(st.get_slice(k).get_shape()) if shapes_only else st.get_tensor(k)
+        else:
+            sd = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+            out.update({k: tuple(v.shape) if shapes_only else v for k, v in sd.items() if names is None or k in names})
+    return out
+
+
+def _dump_names(module, groups):
+    return [f"{module}.VT.weight"] + [f"{module}.U.{g}.weight" for g in range(groups)]
+
+
+def check_dump(folder, files, ranks, config, gs, palu_name):
+    """A dump's factors must be PaLU's layout for these ranks and this base model, made from this model."""
+    meta = json.loads((Path(folder) / "config.json").read_text())
+    origin = meta.get("original_model_name_or_path")
+    if origin and Path(str(origin).rstrip("/")).name.lower() != palu_name.lower():
+        raise UsageError(f"--palu-ranks: {folder} was made from {origin!r} (original_model_name_or_path), not "
+                         f"from {palu_name}; allowed: a PaLU dump of {palu_name}, or --palu-factors recompute")
+    _, kv, hd = geometry(config)
+    shapes = _dump_tensors(files, shapes_only=True)
+    for mod, rs in ranks.items():
+        want = dict(zip(_dump_names(mod, len(rs)), [(sum(rs), config.hidden_size)] + [(gs * hd, r) for r in rs]))
+        for name, shape in want.items():
+            got = shapes.get(name)
+            if got != shape:
+                raise UsageError(f"--palu-ranks: {folder}: {name} has shape {list(got) if got else 'none (missing)'}; "
+                                 f"allowed: {list(shape)} (ranks {rs} of its config, hidden {config.hidden_size}, "
+                                 f"group size {gs} x head_dim {hd}) - the dump disagrees with its ranks or the model")
+
+
+def load_dump_factors(folder, files, ranks):
+    """{module: (VT, [U_g])} from a PaLU dump, as stored (the caller casts and pads)."""
+    t = _dump_tensors([Path(folder) / f for f in files],
+                      {n for mod, rs in ranks.items() for n in _dump_names(mod, len(rs))})
+    return {mod: (t[f"{mod}.VT.weight"], [t[f"{mod}.U.{g}.weight"] for g in range(len(rs))])
+            for mod, rs in ranks.items()}
 
 
 def padded(r, align):
@@ -148,7 +214,7 @@ def calibration_ids(lm, pcfg):
     if lm.tokenizer is None:
         ids = torch.randint(0, lm.spec.config.vocab_size, (n, t), generator=torch.Generator().manual_seed(0))
         return ids, {"source": "random tokens (model has no tokenizer)", "sha256": None}
-    text, source = _calibration_text(pcfg["calib"])
+    text, source = calibration_text(pcfg["calib"])
     tokens = lm.tokenizer(text, return_tensors="pt").input_ids[0]
     n = min(n, len(tokens) // t)
     if n < 1:
@@ -156,14 +222,16 @@ def calibration_ids(lm, pcfg):
     return tokens[: n * t].view(n, t), {"source": source, "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
-def _calibration_text(choice):
+def calibration_text(choice):
+    """(text, source): WikiText-2 train from the local HF datasets cache, the project's calibration text,
+    or a user's file."""
     if choice in ("auto", "wikitext2"):
-        text, why = cached_wikitext2("train")
+        text, note = cached_wikitext2("train")
         if text is not None:
-            return text, "wikitext-2-raw-v1 train (HF cache)"
+            return text, note
         if choice == "wikitext2":
-            raise UsageError(f"--palu-calib: WikiText-2 train is not in the local HF datasets cache ({why})")
-        return CALIB_TEXT.read_text(), str(CALIB_TEXT.relative_to(REPO_ROOT))
+            raise UsageError(f"--palu-calib: WikiText-2 train is not in the local HF datasets cache ({note})")
+        return CALIB_TEXT.read_text(), f"{CALIB_TEXT.relative_to(REPO_ROOT)} (FALLBACK: WikiText-2 train not in the HF cache)"
     path = Path(choice)
     if not path.is_file():
         raise UsageError(f"--palu-calib: {choice!r} is not a file; allowed: auto, wikitext2, or a text file")
@@ -227,42 +295,58 @@ def _whitening_cache_key(lm, calib, ids):
     return h.hexdigest()[:24]
 
 
-def whitening_factors(lm, pcfg):
-    """Cholesky factors per layer, cached on disk by model and calibration data (a second run skips calibration)."""
+def whitening_factors(lm, pcfg, progress=lambda line: None):
+    """Cholesky factors per layer, cached on disk by model and calibration data (a second run skips
+    calibration). Concurrent first runs compute each key once; the others wait and load it."""
     ids, calib = calibration_ids(lm, pcfg)
     calib.update(windows=int(ids.shape[0]), seq_len=int(ids.shape[1]))
+    progress(f"palu: calibration on {calib['windows']} x {calib['seq_len']} tokens of {calib['source']}")
+    if lm.spec.synthetic:   # random weights differ per seed: nothing worth reusing
+        S, info = _calibrate(lm, ids)
+        return S, {**calib, **info, "cache_hit": False}
     path = CACHE_ROOT / "whiten" / f"{lm.spec.name.replace('/', '--')}-{_whitening_cache_key(lm, calib, ids)}.pt"
-    if path.exists() and not lm.spec.synthetic:
-        factors = torch.load(path, map_location=lm.device)
-        return factors["S"], {**calib, "cache": str(path), "cache_hit": True, "eps": factors["eps"]}
+    computed = {}
+
+    def build(tmp):
+        S, computed["info"] = _calibrate(lm, ids)
+        torch.save({"S": [s.cpu() for s in S], "eps": computed["info"]["eps"]}, tmp)
+
+    built = cache.build_once(path, build)
+    factors = torch.load(path, map_location=lm.device)
+    info = computed["info"] if built else {"eps": factors["eps"]}
+    progress(f"palu: whitening factors {'computed' if built else 'read'} ({path})")
+    return factors["S"], {**calib, **info, "cache": str(path), "cache_hit": not built}
+
+
+def _calibrate(lm, ids):
     t0 = time.perf_counter()
-    grams = gram_matrices(lm, ids)
-    chol = [cholesky_factor(g) for g in grams]
-    S, eps = [s for s, _ in chol], [e for _, e in chol]
-    info = {**calib, "calibration_s": round(time.perf_counter() - t0, 3), "eps": eps, "cache_hit": False}
-    if not lm.spec.synthetic:   # random weights differ per seed: nothing worth reusing
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"S": [s.cpu() for s in S], "eps": eps}, tmp)
-        tmp.replace(path)
-        info["cache"] = str(path)
-    return S, info
+    chol = [cholesky_factor(g) for g in gram_matrices(lm, ids)]
+    return [s for s, _ in chol], {"calibration_s": round(time.perf_counter() - t0, 3), "eps": [e for _, e in chol]}
 
 
 # ---------------------------------------------------------------- the whole model
 
 @torch.inference_mode()
-def compress(lm, ranks, pcfg, rank_info):
-    """Replace k_proj/v_proj in place; returns the facts recorded in config.json and run_summary.md."""
+def compress(lm, ranks, pcfg, rank_info, progress=lambda line: None):
+    """Replace k_proj/v_proj in place; returns the facts recorded in config.json and run_summary.md.
+    The factors are PaLU's own when rank_info names a dump to load them from, else computed here."""
     t0 = time.perf_counter()
     config = lm.spec.config
     _, kv, hd = geometry(config)
     gs, align = pcfg["group_size"], pcfg["align"]
     probe = _probe_ids(lm)
     before = lm.model(input_ids=probe, use_cache=False).logits.float()
-    S_all, calib = whitening_factors(lm, pcfg) if pcfg["svd"] == "whiten" else (None, None)
+    dump = rank_info.get("factors_from")
+    if dump:
+        progress(f"palu: loading K/V factors from {dump['dir']}")
+        stored, S_all, calib = load_dump_factors(dump["dir"], dump["files"], ranks), None, None
+        factors = f"loaded from {dump['dir']}"
+    else:
+        S_all, calib = whitening_factors(lm, pcfg, progress) if pcfg["svd"] == "whiten" else (None, None)
+        factors = f"recomputed ({pcfg['svd']})"
     modules = {}
-    for i, layer in enumerate(lm.model.model.layers):
+    layers = lm.model.model.layers
+    for i, layer in enumerate(layers):
         attn = layer.self_attn
         for proj in PROJS:
             name = f"model.layers.{i}.self_attn.{proj}"
@@ -273,9 +357,14 @@ def compress(lm, ranks, pcfg, rank_info):
             phys = [padded(r, align) for r in logical]
             new = PaluLinear(W.shape[1], phys, gs * hd, old.bias, old.weight.dtype, old.weight.device)
             A_rows, w_err, a_err = [], [], []
+            VT, Us = stored[name] if dump else (None, None)
             for g, (r, p) in enumerate(zip(logical, phys)):
                 Wg = W[g * gs * hd:(g + 1) * gs * hd]
-                B, A = factorize(Wg, r, S)
+                if dump:   # VT stacks the groups' down-projections in group order
+                    start = sum(logical[:g])
+                    B, A = (t.to(W.device, torch.float64) for t in (Us[g], VT[start:start + r]))
+                else:
+                    B, A = factorize(Wg, r, S)
                 w_err.append((torch.linalg.norm(Wg - B @ A) / torch.linalg.norm(Wg)).item())
                 if S is not None:
                     a_err.append(activation_error(Wg, B @ A, S))
@@ -285,13 +374,30 @@ def compress(lm, ranks, pcfg, rank_info):
             setattr(attn, proj, new)
             modules[name] = {"logical": logical, "physical": phys, "weight_rel_err": w_err,
                              "activation_rel_err": a_err or None}
+        progress(f"palu: layer {i + 1}/{len(layers)} factored ({time.perf_counter() - t0:.1f} s)")
     after = lm.model(input_ids=probe, use_cache=False).logits.float()
     facts = summarize_ranks(modules, config, gs, hd)
-    facts.update(rank_info=rank_info, svd=pcfg["svd"], ratio=pcfg["ratio"], group_size=gs, cache=pcfg["cache"],
-                 rounding=pcfg["rounding"], align=align, calibration=calib, modules=modules,
+    facts.update(rank_info=rank_info, factors=factors, svd=pcfg["svd"], ratio=pcfg["ratio"], group_size=gs,
+                 cache=pcfg["cache"], rounding=pcfg["rounding"], align=align, calibration=calib, modules=modules,
                  compress_s=round(time.perf_counter() - t0, 3),
                  verification=_verify(lm, before, after, probe))
+    facts["headline"] = headline(facts)
+    progress(f"palu: {facts['headline']}; {factors}; top-1 agreement on the probe "
+             f"{facts['verification']['top1_agreement']:.3f} ({facts['compress_s']} s)")
     return facts
+
+
+def headline(facts):
+    """Requested ratio next to the effective KV compression; says so when rounding or a rank file moved it."""
+    kept = 1 - facts["kv_compression_logical"]
+    line = (f"requested ratio {facts['ratio']} (KV cut {1 - facts['ratio']:.4f}); effective KV cut "
+            f"{facts['kv_compression_logical']:.4f} (ranks kept {kept:.4f}, mean rank {facts['logical_rank_mean']:.1f} "
+            f"of {facts['group_full_rank']})")
+    if kept >= 1:
+        return "WARNING: no compression at all: every rank is full; " + line
+    if abs(kept - facts["ratio"]) > EFFECTIVE_TOLERANCE:
+        return "WARNING: the effective compression differs from the requested ratio; " + line
+    return line
 
 
 def summarize_ranks(modules, config, gs, hd):

@@ -42,15 +42,21 @@ def perplexity(model, ids, seq_len, stride=None):
 
 
 FALLBACK_CORPUS = "data/tiny_corpus.txt"
+# WikiText-2 raw under the Hub's current name: datasets >= 5 refuses the old bare name "wikitext"
+# ("Repository id must be 'namespace/name'"), although the Hub still redirects it.
+WIKITEXT = ("Salesforce/wikitext", "wikitext-2-raw-v1")
 
 
 def cached_wikitext2(split):
-    """(text, None) from the local HF datasets cache, or (None, why not); never a download."""
+    """(text, source naming the cached revision) from the local HF datasets cache, or (None, why not);
+    never a download."""
     try:
         from datasets import load_dataset
-        return "\n\n".join(load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"]), None
+        ds = load_dataset(*WIKITEXT, split=split)
     except Exception as e:  # noqa: BLE001 - any failure offline means "not cached"
         return None, str(e).splitlines()[0] if str(e) else type(e).__name__
+    revision = Path(ds.cache_files[0]["filename"]).parent.name
+    return "\n\n".join(ds["text"]), f"{WIKITEXT[0]} {WIKITEXT[1]} {split} (HF datasets cache, revision {revision})"
 
 
 def load_corpus(choice):
@@ -58,11 +64,11 @@ def load_corpus(choice):
     project's fallback corpus, with the reason a fallback was taken."""
     if choice not in ("auto", "wikitext2"):
         return Path(choice).read_text(), str(choice)
-    text, why = cached_wikitext2("test")
+    text, note = cached_wikitext2("test")
     if text is not None:
-        return text, "wikitext-2-raw-v1 test (HF datasets cache)"
+        return text, note
     if choice == "wikitext2":
-        raise UsageError(f"--ppl-corpus: WikiText-2 is not in the local HF datasets cache ({why}); "
+        raise UsageError(f"--ppl-corpus: WikiText-2 is not in the local HF datasets cache ({note}); "
                          "allowed: auto or a text file")
     return (REPO_ROOT / FALLBACK_CORPUS).read_text(), f"{FALLBACK_CORPUS} (FALLBACK: WikiText-2 not in the HF cache)"
 

@@ -2,12 +2,12 @@
 from pathlib import Path
 
 from . import paired, plots, roofline, stats
+from .palu import headline
 from .results import ResultsError, read_json, write_json
 
 QUALITY_KEYS = ("ppl", "nll", "tokens", "windows", "dataset", "sha256", "seq_len", "stride", "seconds", "task",
-                "source", "fewshot", "limit", "n", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "lm_eval")
-
-
+                "source", "fewshot", "limit", "n", "n_available", "split", "data", "acc", "acc_stderr", "acc_norm",
+                "acc_norm_stderr", "lm_eval")
 
 def _cell_summary(rec, ceilings):
     out = {k: rec[k] for k in ("suite", "params", "status") if k in rec}
@@ -48,8 +48,9 @@ def build_summary(run_dir):
         "weights": "synthetic weights" if raw.get("synthetic_weights") else "pretrained",
         "timer": raw["timer"], "profile": cfg.get("profile"), "dtype": cfg.get("dtype"),
         "device": cfg.get("device_resolved"), "gpu": env.get("gpu"), "torch": env.get("torch"),
-        "transformers": env.get("transformers"), "iterations": {s: {k: cfg[s][k] for k in ("warmup", "iters", "trials")}
-                                                                for s in ("prefill", "decode")},
+        "transformers": env.get("transformers"), "suites": cfg.get("suites"),
+        "iterations": ({s: {k: cfg[s][k] for k in ("warmup", "iters", "trials")} for s in ("prefill", "decode")}
+                       if "infer_sweep" in cfg.get("suites", ["infer_sweep"]) else None),
         "model_facts": cfg.get("model_facts"), "palu": cfg.get("palu_facts"), "ceilings": env.get("ceilings"),
         "compile": {"cells": len(compiled), "graphs_compiled": sum(c["graphs_compiled"] for c in compiled),
                     "first_generations_s": round(sum(c["first_generation_s"] for c in compiled), 3)}
@@ -103,7 +104,10 @@ def _markdown(s):
     lines = [f"# Run {s['run_id']}", "",
              f"- variant: **{s['variant']}**; model: `{s['model']}` ({s['weights']}); dtype {s['dtype']}; "
              f"device {s['device']} ({s['gpu'] or 'no GPU'}); torch {s['torch']}, transformers {s['transformers']}",
-             f"- timer: {s['timer']}; profile {s['profile']}; iterations {s['iterations']}"]
+             f"- timer: {s['timer']}; profile {s['profile']}"
+             + (f"; iterations {s['iterations']}" if s["iterations"] else "")]
+    if s["palu"]:
+        lines.append(f"- PaLU: {headline(s['palu'])}")
     if s["weights"] == "synthetic weights":
         lines.append("- **synthetic weights**: timing only; no quality number comes from this run")
     stat_cols = ["p50", "p90", "p99", "std", "cv"]
@@ -129,10 +133,13 @@ def _markdown(s):
                     _dash_unless_ok(7, lambda c: [f"{c['ppl']:.4f}", f"{c['nll']:.4f}", str(c["tokens"]),
                                                   str(c["windows"]), c["dataset"], c["sha256"][:12],
                                                   f"{c['seconds']:.1f}"]))
-    lines += _table("lmeval", ["acc ± stderr", "acc_norm ± stderr", "n", "shots", "data", "s"], _rows(s, "lmeval"),
-                    _dash_unless_ok(6, lambda c: [f"{c['acc']:.4f} ± {c['acc_stderr']:.4f}",
-                                                  f"{c['acc_norm']:.4f} ± {c['acc_norm_stderr']:.4f}", str(c["n"]),
-                                                  str(c["fewshot"]), c["source"], f"{c['seconds']:.1f}"]))
+    lines += _table("lmeval", ["acc ± stderr", "acc_norm ± stderr", "n of available", "shots", "data",
+                               "docs sha256", "s"], _rows(s, "lmeval"),
+                    _dash_unless_ok(7, lambda c: [f"{c['acc']:.4f} ± {c['acc_stderr']:.4f}",
+                                                  f"{c['acc_norm']:.4f} ± {c['acc_norm_stderr']:.4f}",
+                                                  f"{c['n']} of {c.get('n_available', '?')}", str(c["fewshot"]),
+                                                  _data_source(c), c.get("data", {}).get("docs_sha256", "—")[:12],
+                                                  f"{c['seconds']:.1f}"]))
     if s.get("paired"):
         lines += _paired_markdown(s["paired"])
     if s["palu"]:
@@ -140,6 +147,10 @@ def _markdown(s):
     if s["decisions"]:
         lines += ["", "## Decisions", ""] + [f"- {d}" for d in s["decisions"]]
     return "\n".join(lines) + "\n"
+
+
+def _data_source(c):
+    return c["source"] + (f", {c['split']} split" if c.get("split") else "")
 
 
 def _paired_markdown(paired):
@@ -168,7 +179,9 @@ def _palu_markdown(p):
     return ["", "## PaLU compression", "",
             f"- ratio {p['ratio']}, group size {p['group_size']} ({p['groups_per_module']} groups/module, "
             f"full rank {p['group_full_rank']}), SVD {p['svd']}, rounding {p['rounding']}, align {p['align']}",
-            f"- ranks from: {p['rank_info'].get('chosen') or p['rank_info'].get('path') or p['rank_info']['source']}",
+            f"- {headline(p)}",
+            f"- ranks from: {p['rank_info'].get('chosen') or p['rank_info'].get('path') or p['rank_info']['source']}; "
+            f"factors {p.get('factors', 'recomputed')}",
             f"- logical ranks {ranks}, physical ranks {phys}; aligned share (physical) {p['aligned_share']}",
             f"- KV compression 1 - sum(r)/sum(gs*head_dim): logical {p['kv_compression_logical']:.4f}, "
             f"physical {p['kv_compression_physical']:.4f}; latent values/token {p['latent_values_per_token']} "
@@ -189,13 +202,14 @@ def _palu_markdown(p):
 
 
 def _plots(s, out):
-    out.mkdir(exist_ok=True)
+    """Latency plots of the timing cells; a quality-only run has none, and no plots/ folder."""
     series = {s["variant"]: s["cells"]}
     made = []
-    if any(c["suite"] == "prefill" and c["status"] == "ok" for c in s["cells"].values()):
-        made.append(plots.save(plots.prefill_latency(series, s["model"]), out / "prefill_latency.png"))
-    if any(c["suite"] == "decode" and c["status"] == "ok" for c in s["cells"].values()):
-        made.append(plots.save(plots.decode_latency(series, s["model"]), out / "decode_ms_per_token.png"))
+    for suite, plot, name in (("prefill", plots.prefill_latency, "prefill_latency.png"),
+                              ("decode", plots.decode_latency, "decode_ms_per_token.png")):
+        if any(c["suite"] == suite and c["status"] == "ok" for c in s["cells"].values()):
+            out.mkdir(exist_ok=True)
+            made.append(plots.save(plot(series, s["model"]), out / name))
     return made
 
 

@@ -1,0 +1,86 @@
+"""Shared caches under concurrent first use: real processes started together on an empty cache."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gcompress_bench import cache
+
+from .conftest import REPO, wikitext_text
+
+BUILDER = """
+import os, sys, time
+from pathlib import Path
+from gcompress_bench import cache
+target, log, go, kind = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+while not go.exists():        # every process waits here, then all start at once
+    time.sleep(0.005)
+def build(tmp):
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(1.0)           # a slow build: the others arrive while it runs
+    if kind == "dir":
+        tmp.mkdir()
+        (tmp / "part").write_text(str(os.getpid()))
+    else:
+        tmp.write_text(str(os.getpid()))
+print(cache.build_once(target, build))
+"""
+ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_six_processes_on_an_empty_cache_build_the_entry_once(tmp_path, kind):
+    target, log, go = tmp_path / "cache" / "entry", tmp_path / "builders.log", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", BUILDER, str(target), str(log), str(go), kind],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(6)]
+    time.sleep(2)
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, outs
+    assert sorted(o.strip() for o, _ in outs) == ["False"] * 5 + ["True"]
+    (builder,) = log.read_text().split()            # one build, by the process that said True
+    assert (target / "part" if kind == "dir" else target).read_text() == builder
+    assert sorted(p.name for p in target.parent.iterdir()) == [".entry.lock", "entry"]   # no temporary left
+
+
+def test_a_failed_build_leaves_no_partial_entry(tmp_path):
+    def build(tmp):
+        tmp.mkdir()
+        (tmp / "half.safetensors").write_bytes(b"x" * 4096)
+        raise OSError("No space left on device")
+    with pytest.raises(OSError, match="No space left"):
+        cache.build_once(tmp_path / "m", build)
+    assert [p.name for p in tmp_path.iterdir()] == [".m.lock"]
+    assert cache.build_once(tmp_path / "m", lambda tmp: tmp.mkdir()) is True   # the next run builds it
+
+
+@pytest.mark.slow
+def test_three_palu_runs_at_once_on_an_empty_suite_cache(tmp_path, standin_hf_home):
+    """The night's three palu jobs: the first dequantizes the model and computes the whitening factors
+    (calibrated on WikiText-2 train from the HF cache), the others wait for them; all succeed with the
+    same factors and nothing temporary is left."""
+    cold = tmp_path / "cache"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((REPO / "data" / "tiny_corpus.txt").read_text()[:3000])
+    cmd = [sys.executable, "-m", "gcompress_bench.llm_eval", "--variant", "palu", "--suite", "ppl", "--profile", "quick",
+           "--ppl-corpus", str(corpus), "--ppl-seq-len", "256", "--palu-calib-samples", "2", "--out", str(tmp_path / "r")]
+    env = {**ENV, "GCOMPRESS_CACHE": str(cold), "HF_HOME": str(standin_hf_home)}
+    procs = [subprocess.Popen(cmd + ["--run-id", f"p{i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(3)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(o[-2000:] for o in outs)
+    runs = [tmp_path / "r" / "default" / f"p{i}" for i in range(3)]
+    calib = [json.loads((r / "config.json").read_text())["palu_facts"]["calibration"] for r in runs]
+    assert sorted(c["cache_hit"] for c in calib) == [False, True, True] and len({c["cache"] for c in calib}) == 1
+    assert calib[0]["source"].startswith("Salesforce/wikitext wikitext-2-raw-v1 train (HF datasets cache, revision ")
+    assert calib[0]["sha256"] == hashlib.sha256(wikitext_text("train").encode()).hexdigest()
+    ppl = {json.loads((r / "raw.json").read_text())["cells"]["test_ppl[S256]"]["ppl"] for r in runs}
+    assert len(ppl) == 1
+    left = sorted(str(p.relative_to(cold)) for p in cold.rglob("*"))
+    assert not [p for p in left if ".tmp" in p], left
+    assert "models/smollm2-135m/model.safetensors" in left and sum(p.endswith(".pt") for p in left) == 1
