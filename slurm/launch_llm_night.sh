@@ -8,6 +8,7 @@
 # --job-args passes further llm_run/llm_eval options to every job, e.g. "--palu-align 32 --trials 1".
 set -uo pipefail
 usage() { echo "launch_llm_night: $*" >&2; exit 2; }
+need() { [ $# -ge 2 ] && [ -n "$2" ] && [[ $2 != --* ]] || usage "$1 needs a value; see the header of $0"; }
 repo=$(cd "$(dirname "$0")/.." && pwd)
 dry=0 gpu=1 shards="" group="night-$(date +%Y%m%d-%H%M%S)" root="$repo/results" reports="$repo/reports"
 variants="baseline,palu"
@@ -16,16 +17,15 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry=1; shift ;;
     --no-gpu) gpu=0; shift ;;
-    --model|--profile|--tasks|--limit) job_args+=("$1" "$2"); shift 2 ;;
-    --partition) sb+=(--partition "$2"); shift 2 ;;
-    --account) sb+=(--account "$2"); shift 2 ;;
-    --exp-group) group=$2; shift 2 ;;
-    --results-root) root=$(mkdir -p "$2" && cd "$2" && pwd); shift 2 ;;
-    --reports-root) reports=$(mkdir -p "$2" && cd "$2" && pwd); shift 2 ;;
-    --shards) shards=$2; shift 2 ;;
-    --variants) variants=$2; shift 2 ;;
-    --suites) suites=$2; shift 2 ;;
-    --job-args) read -r -a cli_args <<<"$2"; shift 2 ;;
+    --model|--profile|--tasks|--limit) need "$@"; job_args+=("$1" "$2"); shift 2 ;;
+    --partition|--account) need "$@"; sb+=("$1" "$2"); shift 2 ;;
+    --exp-group) need "$@"; group=$2; shift 2 ;;
+    --results-root) need "$@"; root=$(realpath -m "$2"); shift 2 ;;
+    --reports-root) need "$@"; reports=$(realpath -m "$2"); shift 2 ;;
+    --shards) need "$@"; shards=$2; shift 2 ;;
+    --variants) need "$@"; variants=$2; shift 2 ;;
+    --suites) need "$@"; suites=$2; shift 2 ;;
+    --job-args) [ $# -ge 2 ] || usage "--job-args needs a value"; read -r -a cli_args <<<"$2"; shift 2 ;;   # CLI options
     --) shift; sb+=("$@"); break ;;
     *) usage "unknown option '$1'; see the header of $0" ;;
   esac
@@ -33,11 +33,32 @@ done
 if [ -n "$shards" ] && ! [[ "$shards" =~ ^[1-9][0-9]*$ ]]; then
   usage "--shards: '$shards' is not allowed; allowed: a positive integer"
 fi
+for v in ${variants//,/ }; do
+  case "$v" in baseline|palu) ;; *) usage "--variants: unknown variant '$v'; allowed: baseline, palu" ;; esac
+done
+for s in ${suites//,/ }; do
+  case "$s" in infer_sweep|ppl|lmeval) ;; *) usage "--suites: unknown suite '$s'; allowed: infer_sweep, ppl, lmeval" ;; esac
+done
+[ -n "${variants//,/}" ] && [ -n "${suites//,/}" ] || usage "--variants and --suites need at least one value each"
 if [ $dry = 0 ] && ! command -v sbatch >/dev/null; then
   usage "sbatch is not on PATH: run this on a Slurm login node, start a local one with 'bash tools/local_slurm.sh start', or use --dry-run"
 fi
+# Every option the jobs get (model, profile, tasks, job args) is checked here as the jobs will check it,
+# offline and before anything is submitted: a bad value costs seconds, not a night.
+py=${GC_VENV:-$repo/.venv}/bin/python
+[ -x "$py" ] || py=python3
+markers=$(sed -e 's/infer_sweep/prefill,decode/' -e 's/,/ or /g' <<<"$suites")
+v=baseline; [[ ",$variants," = *,palu,* ]] && v=palu   # palu checks all that baseline does, and its own options
+hf=(); [ -z "${GC_HF_HOME:-}" ] || hf=(HF_HOME="$GC_HF_HOME")   # the jobs' HF cache (run_llm.sbatch sets it so)
+out=$(cd "$repo" && env "${hf[@]}" "$py" -m pytest benchmarks -q -m "$markers" --variant "$v" "${job_args[@]}" \
+      "${cli_args[@]}" --check-only 2>&1)
+case $? in
+  0) ;;
+  1) echo "launch_llm_night: WARNING: the jobs would fall back:" >&2; grep FALLBACK <<<"$out" >&2 ;;
+  *) usage "the $v jobs would stop at once: $(grep -m 1 '^gcompress-bench: ' <<<"$out" || tail -n 1 <<<"$out")" ;;
+esac
 [ $gpu = 1 ] || sb+=(--gres=none)
-logs="$repo/slurm_logs"; [ $dry = 1 ] || mkdir -p "$logs"
+logs="$repo/slurm_logs"; [ $dry = 1 ] || mkdir -p "$logs" "$root" "$reports"
 stamp=$(date +%Y%m%d-%H%M%S)
 submit() {  # prints the job id; in a dry run prints the command and a placeholder id
   if [ $dry = 1 ]; then echo "sbatch $*" >&2; echo "DRYRUN"; else sbatch --parsable "$@" | cut -d';' -f1; fi

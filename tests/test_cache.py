@@ -16,47 +16,55 @@ BUILDER = """
 import os, sys, time
 from pathlib import Path
 from gcompress_bench import cache
-target, log, go, kind = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+target, log, go = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 while not go.exists():        # every process waits here, then all start at once
     time.sleep(0.005)
 def build(tmp):
     with open(log, "a") as f:
         f.write(f"{os.getpid()}\\n")
     time.sleep(1.0)           # a slow build: the others arrive while it runs
-    if kind == "dir":
-        tmp.mkdir()
-        (tmp / "part").write_text(str(os.getpid()))
-    else:
-        tmp.write_text(str(os.getpid()))
-print(cache.build_once(target, build))
+    (tmp / "part").write_text(str(os.getpid()))
+print(cache.entry(target, build))
 """
 ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-@pytest.mark.parametrize("kind", ["file", "dir"])
-def test_six_processes_on_an_empty_cache_build_the_entry_once(tmp_path, kind):
+def test_six_processes_on_an_empty_cache_build_the_entry_once(tmp_path):
     target, log, go = tmp_path / "cache" / "entry", tmp_path / "builders.log", tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", BUILDER, str(target), str(log), str(go), kind],
+    procs = [subprocess.Popen([sys.executable, "-c", BUILDER, str(target), str(log), str(go)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(6)]
     time.sleep(2)
     go.touch()
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, outs
-    assert sorted(o.strip() for o, _ in outs) == ["False"] * 5 + ["True"]
-    (builder,) = log.read_text().split()            # one build, by the process that said True
-    assert (target / "part" if kind == "dir" else target).read_text() == builder
-    assert sorted(p.name for p in target.parent.iterdir()) == [".entry.lock", "entry"]   # no temporary left
+    assert sorted(o.strip() for o, _ in outs) == ["built"] + ["hit"] * 5
+    (builder,) = log.read_text().split()            # one build, by the process that said "built"
+    assert (target / "part").read_text() == builder
+    assert json.loads((target / cache.CHECKSUMS).read_text()) == {"part": cache.sha256(target / "part")}
+    assert sorted(p.name for p in target.parent.iterdir()) == [".entry.lock", ".sha256-memo", "entry"]   # no temporary
 
 
 def test_a_failed_build_leaves_no_partial_entry(tmp_path):
     def build(tmp):
-        tmp.mkdir()
         (tmp / "half.safetensors").write_bytes(b"x" * 4096)
         raise OSError("No space left on device")
     with pytest.raises(OSError, match="No space left"):
-        cache.build_once(tmp_path / "m", build)
+        cache.entry(tmp_path / "m", build)
     assert [p.name for p in tmp_path.iterdir()] == [".m.lock"]
-    assert cache.build_once(tmp_path / "m", lambda tmp: tmp.mkdir()) is True   # the next run builds it
+    assert cache.entry(tmp_path / "m", lambda tmp: (tmp / "f").write_text("ok")) == "built"   # the next run builds it
+
+
+def test_a_damaged_entry_is_rebuilt_and_says_what_was_wrong(tmp_path):
+    target = tmp_path / "e"
+    assert cache.entry(target, lambda tmp: (tmp / "f").write_text("good")) == "built"
+    (target / "f").write_text("bad!")
+    bad, stored = cache.sha256(target / "f"), json.loads((target / cache.CHECKSUMS).read_text())["f"]
+    assert cache.entry(target, lambda tmp: (tmp / "f").write_text("good")) == (
+        f"rebuilt: {target / 'f'} does not match its stored sha256 ({bad[:12]}, stored {stored[:12]})")
+    assert (target / "f").read_text() == "good" and cache.problem(target) is None
+    (target / "f").unlink()
+    assert cache.entry(target, lambda tmp: (tmp / "f").write_text("good")) == f"rebuilt: {target / 'f'} is missing"
+    assert cache.entry(target, lambda tmp: None) == "hit"
 
 
 @pytest.mark.slow

@@ -49,8 +49,7 @@ def test_overrides_and_cell_ids():
     ({"palu_ratio": "1.5"}, "--palu-ratio: 1.5 is not allowed; it must be in (0, 1]"),
     ({"palu_svd": "qr"}, "--palu-svd: unknown value 'qr'; allowed: whiten, plain"),
     ({"palu_factors": "reuse"}, "--palu-factors: unknown value 'reuse'; allowed: load, recompute"),
-    ({"decode_mode": "eager,eager"}, "--decode-mode: ['eager', 'eager'] is not allowed; allowed: one or more of "
-                                     "eager, compiled"),
+    ({"decode_mode": "eager,eager"}, "--decode-mode: eager,eager repeats eager; allowed: each value once"),
     ({"suites_file": "/nonexistent.yaml"}, "suite file /nonexistent.yaml does not exist"),
 ])
 def test_bad_input_gets_one_clear_line(given, message):

@@ -17,8 +17,7 @@ def _compressed(dtype, **kw):
     cfg = resolve({})
     lm = models.load(models.resolve("smollm2-135m", cfg["models"]), dtype, torch.device("cpu"))
     p = {**cfg["palu"], "calib_samples": 4, "calib_seq_len": 256, **kw}
-    ranks, info = palu.allocate(p, lm.spec.config, "smollm2-135m", "x")
-    facts = palu.compress(lm, ranks, p, info)
+    facts = palu.compress(lm, palu.plan(p, lm.spec, "smollm2-135m", "x", lm.tokenizer), p)
     lat = copy.copy(lm)
     lat.model = copy.deepcopy(lm.model)
     latent.enable(lat)

@@ -30,8 +30,7 @@ def compressed(smol, **kw):
     lm = copy.copy(smol)
     lm.model = copy.deepcopy(smol.model)
     p = pcfg(**kw)
-    ranks, info = palu.allocate(p, lm.spec.config, "smollm2-135m", "SmolLM2-135M-Instruct")
-    return lm, palu.compress(lm, ranks, p, info)
+    return lm, palu.compress(lm, palu.plan(p, lm.spec, "smollm2-135m", "SmolLM2-135M-Instruct", lm.tokenizer), p)
 
 
 def logits(model, ids):
@@ -144,7 +143,7 @@ def test_alignment_padding_changes_shapes_not_logits(smol):
 
 @pytest.mark.slow
 def test_whitened_beats_plain_on_activation_weighted_error(smol):
-    ids, _ = palu.calibration_ids(smol, pcfg())
+    ids, _ = palu.calibration_ids(smol.tokenizer, smol.spec.config, pcfg())
     grams = palu.gram_matrices(smol, ids)
     for i in (0, 10, 29):
         S, _ = palu.cholesky_factor(grams[i])

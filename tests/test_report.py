@@ -120,3 +120,62 @@ def test_decode_table_puts_paths_side_by_side_with_the_summaries_numbers():
     assert (("eager", 1, 4096, 64), "palu latent") not in table
     full = table[(("compiled", 1, 32768, 64), "palu full")]
     assert int(cols[2]) / int(full[2]) == pytest.approx(352 / 512, rel=0.01)   # latents: Σr / Σ gs·head_dim
+
+
+def _copy_group(group, tmp_path, edit=None):
+    """The fixture's six runs in a new results root, plus a copy of one run with its config.json edited."""
+    root = tmp_path / "results"
+    shutil.copytree(group / "g", root / "g")
+    if edit:
+        name, new_name, change = edit
+        shutil.copytree(root / "g" / name, root / "g" / new_name)
+        cfg = json.loads((root / "g" / new_name / "config.json").read_text())
+        change(cfg)
+        (root / "g" / new_name / "config.json").write_text(json.dumps(cfg))
+    return root
+
+
+@pytest.mark.slow
+def test_runs_of_different_settings_on_one_side_are_refused_naming_them(group, tmp_path):
+    root = _copy_group(group, tmp_path, ("palu-ppl", "palu-ppl-r03", lambda c: c["palu"].update(ratio=0.3)))
+    proc = plot_tool("--exp-group", "g", "--results-root", str(root), "--out", str(tmp_path / "rep"))
+    assert proc.returncode == 2 and not (tmp_path / "rep").exists()
+    assert proc.stderr.splitlines() == [
+        "plot_llm_results: the palu runs differ in palu.ratio (0.7 in palu-ppl, 0.3 in palu-ppl-r03): one column "
+        "would mix settings; allowed: runs of one setting per side (choose them with --palu RUN ...)"]
+
+
+@pytest.mark.slow
+def test_baseline_and_palu_of_different_models_are_refused(group, tmp_path):
+    root = _copy_group(group, tmp_path)
+    cfg = json.loads((root / "g/palu-ppl/config.json").read_text())
+    (root / "g/palu-ppl/config.json").write_text(json.dumps({**cfg, "model": "meta-llama/Meta-Llama-3-8B-Instruct"}))
+    proc = plot_tool("--baseline", str(root / "g/baseline-ppl"), "--palu", str(root / "g/palu-ppl"))
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "plot_llm_results: baseline and palu runs measure different models (meta-llama/Meta-Llama-3-8B-Instruct, "
+        "smollm2-135m); allowed: both sides of one model"]
+
+
+@pytest.mark.slow
+def test_one_corrupt_run_dir_is_named_and_the_others_reported(group, tmp_path):
+    root = _copy_group(group, tmp_path)
+    bad = root / "g" / "palu-lmeval-broken"
+    shutil.copytree(root / "g" / "palu-lmeval", bad)
+    (bad / "raw.json").write_text((bad / "raw.json").read_text()[:300])
+    proc = plot_tool("--exp-group", "g", "--results-root", str(root), "--out", str(tmp_path / "rep"))
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [w for w in proc.stderr.splitlines() if "skipped" in w]
+    assert line.startswith(f"WARNING: skipped run dir {bad}: {bad / 'raw.json'}: not valid JSON")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"- WARNING: skipped run dir {bad}" in md and "| test_lmeval[piqa-0shot] | acc |" in md
+
+
+def test_report_tool_names_a_raw_file_without_its_header(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "raw.json").write_text('{"cells": {}}')
+    proc = subprocess.run([sys.executable, str(REPO / "tools/report.py"), str(run)], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"report: {run / 'raw.json'}: lacks ['run_id', 'variant', 'model', 'timer']; not a complete gcompress-bench "
+        "raw file"]

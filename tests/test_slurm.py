@@ -59,14 +59,12 @@ def _job_times(jid):
 
 def test_the_night_on_an_hf_cache_six_jobs_at_once(slurm, tmp_path, standin_hf_home):
     """The user's first night: an HF id and the datasets from an HF cache filled on a login node, an empty
-    suite cache, all six jobs starting together (the three palu jobs race for the whitening factors),
-    plus three jobs with a bad variant that must fail and be named in the report."""
+    suite cache, all six jobs starting together (the three palu jobs race for the whitening factors)."""
     cold = tmp_path / "cold-cache"
     env = {**os.environ, "GC_HF_HOME": str(standin_hf_home), "GCOMPRESS_CACHE": str(cold)}
     start = time.monotonic()
-    out, ids = launch(tmp_path, *NIGHT, "--exp-group", "night", "--variants", "baseline,palu,bogus", *JOB_RES,
-                      env=env)
-    assert len(ids) == 10   # 9 jobs (3 with the bad variant 'bogus') + the report
+    out, ids = launch(tmp_path, *NIGHT, "--exp-group", "night", *JOB_RES, env=env)
+    assert len(ids) == 7   # 6 jobs + the report
     wait(ids)
     wall = time.monotonic() - start
     night = tmp_path / "results" / "night"
@@ -89,19 +87,29 @@ def test_the_night_on_an_hf_cache_six_jobs_at_once(slurm, tmp_path, standin_hf_h
     assert sorted(hits) == [False, True, True]   # computed once under the lock, read by the other two
     left = sorted(p.name for p in cold.rglob("*"))
     assert len([n for n in left if n.endswith(".pt")]) == 1 and not [n for n in left if ".tmp" in n], left
-    logs = REPO / "slurm_logs"
-    err = (logs / f"bogus-ppl_{ids[7]}.err").read_text()
-    assert "run_llm.sbatch: --variant: unknown value 'bogus'; allowed: baseline, palu" in err
-    assert (logs / f"baseline-ppl_{ids[1]}.out").exists()
+    assert (REPO / "slurm_logs" / f"baseline-ppl_{ids[1]}.out").exists()
     md = (tmp_path / "reports" / "night" / "report.md").read_text()
-    for name, jid in zip(["bogus-infer_sweep", "bogus-ppl", "bogus-lmeval"], ids[6:9]):
-        assert f"| {name} | {jid} | **FAILED** (FAILED) | 2:0 |" in md
     assert f"| baseline-ppl | {ids[1]} | COMPLETED | 0:0 |" in md
     assert "FALLBACK" not in md and "baber/piqa (HF datasets cache" in md and "Rowan/hellaswag (HF datasets" in md
     assert re.search(r"\| test_ppl\[S256\] \| \d+\.\d{4} \| \d+\.\d{4} \| \d+\.\d{4} \| True \| "
                      r"Salesforce/wikitext wikitext-2-raw-v1 test \(HF datasets cache", md)
     assert re.search(r"\| test_prefill\[B1-S16\] \| \d+\.\d{3} \|", md)
     print(f"night wall time: {wall:.0f} s")
+
+
+def test_the_report_job_names_every_failed_job(slurm, tmp_path):
+    ok = subprocess.run(["sbatch", "--parsable", "--mem=100M", "--output", "/dev/null", "--wrap", "true"],
+                        capture_output=True, text=True).stdout.strip()
+    bad = subprocess.run(["sbatch", "--parsable", "--mem=100M", "--output", "/dev/null", "--wrap", "exit 3"],
+                         capture_output=True, text=True).stdout.strip()
+    wait([ok, bad])
+    proc = subprocess.run(["bash", str(REPO / "slurm/night_report.sh"), str(tmp_path / "results"), "g",
+                           str(tmp_path / "rep"), f"palu-ppl={bad}", f"baseline-ppl={ok}"], capture_output=True,
+                          text=True, env={**os.environ, "GC_REPO": str(REPO)})
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"| palu-ppl | {bad} | **FAILED** (FAILED) | 3:0 | slurm_logs/palu-ppl_{bad}.err |" in md
+    assert f"| baseline-ppl | {ok} | COMPLETED | 0:0 |" in md
+    assert "No comparison: need at least one baseline and one palu run" in md and proc.returncode == 2
 
 
 def test_sharded_infer_sweep_merges_to_the_unsharded_cell_set(slurm, tmp_path):
@@ -123,10 +131,31 @@ def test_sharded_infer_sweep_merges_to_the_unsharded_cell_set(slurm, tmp_path):
     assert all(r["speedup"] for r in report["prefill"] + report["decode"])
 
 
+@pytest.mark.parametrize("args, line", [
+    (["--shards", "0"], "--shards: '0' is not allowed; allowed: a positive integer"),
+    (["--variants", "baseline,nope"], "--variants: unknown variant 'nope'; allowed: baseline, palu"),
+    (["--suites", "ppl,bleu"], "--suites: unknown suite 'bleu'; allowed: infer_sweep, ppl, lmeval"),
+    (["--profile"], "--profile needs a value; see the header of"),
+    (["--exp-group", "--dry-run"], "--exp-group needs a value"),
+    (["--profile", "huge"], "the palu jobs would stop at once: gcompress-bench: --profile: unknown profile 'huge'; "
+                            "allowed: full, long, quick"),
+    (["--model", "nope/none"], "the palu jobs would stop at once: gcompress-bench: model 'nope/none' is not in the "
+                               "local HF cache"),
+    (["--variants", "baseline", "--suites", "ppl", "--model", "llama3-8b-shape"],
+     "the baseline jobs would stop at once: gcompress-bench: --model: 'llama3-8b-shape' has synthetic weights"),
+    (["--job-args", "--palu-group-size 2"], "gcompress-bench: --palu-group-size: 2 does not divide smollm2-135m's"),
+])
+def test_launcher_refuses_bad_input_before_submitting_or_creating_anything(tmp_path, args, line):
+    proc = subprocess.run(["bash", str(LAUNCH), "--dry-run", "--results-root", str(tmp_path / "r"), "--reports-root",
+                           str(tmp_path / "rep"), "--profile", "quick", *args], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    (err,) = proc.stderr.splitlines()
+    assert err.startswith("launch_llm_night: ") and line in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_launcher_bad_input(tmp_path):
-    proc = subprocess.run(["bash", str(LAUNCH), "--shards", "0", "--dry-run"], capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert "launch_llm_night: --shards: '0' is not allowed; allowed: a positive integer" in proc.stderr
     env = {**os.environ, "PATH": "/usr/bin/nonexistent:/bin"}
     bare = tmp_path / "bin"
     bare.mkdir()
@@ -136,9 +165,10 @@ def test_launcher_bad_input(tmp_path):
     proc = subprocess.run([str(bare / "bash"), str(LAUNCH)], capture_output=True, text=True,
                           env={**env, "PATH": str(bare)})
     assert proc.returncode == 2 and "sbatch is not on PATH" in proc.stderr
-    proc = subprocess.run(["bash", str(LAUNCH), "--dry-run", "--exp-group", "g", "--no-gpu"], capture_output=True,
-                          text=True)
+    proc = subprocess.run(["bash", str(LAUNCH), "--dry-run", "--exp-group", "g", "--no-gpu", "--results-root",
+                           str(tmp_path / "r"), "--reports-root", str(tmp_path / "rep")], capture_output=True, text=True)
     assert proc.returncode == 0 and sum(line.startswith("sbatch ") for line in proc.stderr.splitlines()) == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]   # a dry run creates no folder
     assert "--gres=none" in proc.stderr
     assert "--dependency afterany:DRYRUN:DRYRUN:DRYRUN:DRYRUN:DRYRUN:DRYRUN" in proc.stderr
 

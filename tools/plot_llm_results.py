@@ -8,15 +8,20 @@ import sys
 from pathlib import Path
 
 from gcompress_bench.comparison import write
-from gcompress_bench.results import ResultsError, read_json
+from gcompress_bench.report import build_summary
+from gcompress_bench.results import ResultsError
 
 
 def runs_of_group(root, group):
-    """Every run dir of a group with a raw.json, split by the variant it records."""
-    sides = {"baseline": [], "palu": []}
-    for raw in sorted(Path(root, group).glob("*/raw.json")):
-        sides.setdefault(read_json(raw).get("variant"), []).append(raw.parent)
-    return sides["baseline"], sides["palu"]
+    """Every readable run dir of a group, split by the variant it records, and the unreadable ones with why:
+    one corrupt run dir must not take the night's report down with it."""
+    sides, bad = {"baseline": [], "palu": []}, []
+    for run in sorted(p for p in Path(root, group).iterdir() if p.is_dir()) if Path(root, group).is_dir() else []:
+        try:
+            sides.setdefault(build_summary(run)["variant"], []).append(run)
+        except ResultsError as e:
+            bad.append(f"skipped run dir {run}: {e}")
+    return sides["baseline"], sides["palu"], bad
 
 
 def main(argv=None):
@@ -32,9 +37,11 @@ def main(argv=None):
     out = Path(args.out or Path("reports") / (args.exp_group or "comparison"))
     jobs = Path(args.jobs).read_text() if args.jobs else ""
     try:
-        base, palu = args.baseline, args.palu
+        base, palu, skipped = args.baseline, args.palu, []
         if args.exp_group:
-            base, palu = runs_of_group(args.results_root, args.exp_group)
+            base, palu, skipped = runs_of_group(args.results_root, args.exp_group)
+        for line in skipped:
+            print(f"WARNING: {line}", file=sys.stderr)
         if not base or not palu:
             msg = ("need at least one baseline and one palu run (--baseline/--palu, or --exp-group with both under "
                    f"{args.results_root}/{args.exp_group})")
@@ -43,7 +50,7 @@ def main(argv=None):
                 (out / "report.md").write_text(f"# baseline vs palu\n\n{jobs}\nNo comparison: {msg}\n")
             print(f"plot_llm_results: {msg}", file=sys.stderr)
             return 2
-        rep = write(base, palu, out, args.cell, jobs)
+        rep = write(base, palu, out, args.cell, jobs, skipped)
     except ResultsError as e:
         print(f"plot_llm_results: {e}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
 """Baseline vs palu across run dirs: speedups, memory, quality with paired tests, compression facts,
 and an environment check, so a comparison across machines or settings is flagged, not hidden."""
+import json
 from pathlib import Path
 
 from . import paired as paired_test, plots, report
@@ -8,6 +9,43 @@ from .results import ResultsError, read_json, write_json
 ENV_KEYS = ("gpu", "gpu_count", "driver", "cuda", "torch", "transformers", "lm_eval", "host", "cpu")
 RUN_KEYS = ("model", "weights", "dtype", "timer", "device")
 SIDES = ("baseline", "palu")
+
+
+# The settings that change a number, per suite a run holds: runs merged into one side must agree on them.
+SETTINGS = {"all": ("model", "dtype", "profile", "palu"),
+            "infer_sweep": ("prefill.warmup", "prefill.iters", "prefill.trials", "decode.warmup", "decode.iters",
+                            "decode.trials", "decode.mode", "seed"),
+            "ppl": ("ppl.corpus", "ppl.seq_len", "ppl.stride"),
+            "lmeval": ("lmeval.limit", "lmeval.batch_size", "lmeval.tasks_path")}
+
+
+def settings(cfg):
+    """{setting: value} of one run's config.json; a baseline run has no method options."""
+    keys = SETTINGS["all"] + tuple(k for suite in cfg.get("suites", []) for k in SETTINGS.get(suite, ()))
+    out = {}
+    for key in keys:
+        value = cfg
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if key == "palu":
+            if cfg.get("variant") != "palu":
+                continue
+            out.update({f"palu.{k}": v for k, v in value.items()})
+            continue
+        out[key] = value
+    return out
+
+
+def _check_agree(name, runs):
+    """One side's runs must agree on every setting they share; else one line naming settings and runs."""
+    differ = []
+    for key in sorted({k for r in runs for k in r["settings"]}):
+        vals = {json.dumps(r["settings"][key]): r for r in runs if key in r["settings"]}
+        if len(vals) > 1:
+            differ.append(f"{key} (" + ", ".join(f"{v} in {Path(r['dir']).name}" for v, r in vals.items()) + ")")
+    if differ:
+        raise ResultsError(f"the {name} runs differ in {'; '.join(differ)}: one column would mix settings; "
+                           f"allowed: runs of one setting per side (choose them with --{name} RUN ...)")
 
 
 def load_side(run_dirs):
@@ -23,7 +61,7 @@ def load_side(run_dirs):
         timing = any(c.get("suite") in ("prefill", "decode") for c in s["cells"].values())
         side["runs"].append({"dir": str(d), "run_id": s["run_id"], "variant": s["variant"], "timing": timing,
                              "span": [read_json(d / "env.json").get("time_utc"), s.get("updated_utc")],
-                             **{k: s[k] for k in RUN_KEYS}})
+                             "settings": settings(read_json(d / "config.json")), **{k: s[k] for k in RUN_KEYS}})
         side["envs"].append(read_json(d / "env.json"))
         side["palu"] = side["palu"] or s["palu"]
     return side
@@ -84,6 +122,11 @@ def environment_check(b, p):
         vals = {str(e.get(key)) for _, e in runs}
         if len(vals) > 1:
             warnings.append(f"runs differ in {key}: {sorted(vals)}; a comparison across machines or software")
+    shared = {k for r, _ in runs for k in r["settings"] if not k.startswith("palu.")}
+    for key in sorted(shared):
+        vals = {json.dumps(r["settings"][key]) for r, _ in runs if key in r["settings"]}
+        if len(vals) > 1:
+            warnings.append(f"baseline and palu runs differ in {key}: {sorted(vals)}; not like with like")
     timed = [(r, e) for r, e in runs if r["timing"] and all(r["span"])]
     for i, (r1, e1) in enumerate(timed):
         for r2, e2 in timed[i + 1:]:
@@ -99,6 +142,12 @@ def build(baseline_dirs, palu_dirs):
         wrong = [r["dir"] for r in side["runs"] if r["variant"] != name]
         if wrong:
             raise ResultsError(f"--{name}: {wrong} are not {name} runs")
+        _check_agree(name, side["runs"])
+    for key in ("model", "dtype"):   # a speedup or a ratio between two models is not a result
+        vals = {r["settings"][key] for side in (b, p) for r in side["runs"]}
+        if len(vals) > 1:
+            raise ResultsError(f"baseline and palu runs measure different {key}s ({', '.join(sorted(map(str, vals)))}); "
+                               f"allowed: both sides of one {key}")
     return {
         "baseline_runs": b["runs"], "palu_runs": p["runs"],
         "environment": {name: side["envs"][0] for name, side in zip(SIDES, (b, p))},
@@ -130,6 +179,7 @@ def markdown(rep):
     lines = ["# baseline vs palu", "",
              "Runs: baseline " + ", ".join(r["run_id"] for r in rep["baseline_runs"]) +
              "; palu " + ", ".join(r["run_id"] for r in rep["palu_runs"]), ""]
+    lines += [f"- WARNING: {w}" for w in rep.get("skipped", [])]
     lines += [f"- WARNING: {w}" for w in rep["warnings"]] or ["- environment: every run on the same GPU, driver, "
                                                              "torch, transformers, model, dtype and timer"]
     env = rep["environment"]["baseline"]
@@ -175,8 +225,8 @@ def markdown(rep):
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in rep["lmeval"]:
             for m in ("acc", "acc_norm"):
-                cols = [_v(r[n], m, "{:.4f}".format) + ("" if "missing" in r[n] else
-                                                      f" ± {r[n][m + '_stderr']:.4f}") for n in SIDES]
+                cols = [r[n]["missing"] if "missing" in r[n] else report.plus_minus(r[n][m], r[n][m + "_stderr"])
+                        for n in SIDES]
                 q = (r["paired"] or {}).get(m)
                 tail = (f"{q['diff']:+.4f} | {q['only_baseline_right']} | {q['only_palu_right']} | "
                         f"{q['mcnemar_p']:.4f}") if q else "— | — | — | —"
@@ -244,8 +294,9 @@ def write_plots(rep, b, p, out, cell=None):
     return made
 
 
-def write(baseline_dirs, palu_dirs, out, cell=None, jobs=""):
+def write(baseline_dirs, palu_dirs, out, cell=None, jobs="", skipped=()):
     rep, b, p = build(baseline_dirs, palu_dirs)
+    rep["skipped"] = list(skipped)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rep["plots"] = write_plots(rep, b, p, out, cell)

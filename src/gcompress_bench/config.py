@@ -148,7 +148,28 @@ def _check_choice(flag, value, allowed):
         raise UsageError(f"{flag}: unknown value {value!r}; allowed: {', '.join(allowed)}")
 
 
+def _get(cfg, dotted):
+    for part in dotted.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def check_folder_name(flag, value):
+    """A run id or exp group is one folder under the results root: never a path that leads elsewhere."""
+    if not isinstance(value, str) or value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
+        raise UsageError(f"{flag}: {value!r} is not allowed; allowed: one folder name (no '/', not '.' or '..')")
+
+
 def _validate(cfg, models):
+    for flag, path, kind, _ in OPTIONS:
+        vals = _get(cfg, path)
+        if kind in ("ints", "strs") and isinstance(vals, list) and len(set(vals)) < len(vals):
+            repeated = sorted({v for v in vals if vals.count(v) > 1}, key=vals.index)
+            raise UsageError(f"{flag}: {','.join(map(str, vals))} repeats {','.join(map(str, repeated))}; "
+                             "allowed: each value once")
+    check_folder_name("--exp-group", cfg["exp_group"])
+    if cfg.get("run_id") is not None:
+        check_folder_name("--run-id", cfg["run_id"])
     _check_choice("--variant", cfg["variant"], VARIANTS)
     _check_choice("--dtype", cfg["dtype"], DTYPES)
     _check_choice("--device", cfg["device"], DEVICES)
@@ -168,7 +189,7 @@ def _validate(cfg, models):
             if not isinstance(v, int) or v < low:
                 raise UsageError(f"--{key} ({suite}): {v!r} is not allowed; it must be an integer >= {low}")
     modes = cfg["decode"].get("mode")
-    if not modes or any(m not in DECODE_MODES for m in modes) or len(set(modes)) < len(modes):
+    if not modes or any(m not in DECODE_MODES for m in modes):
         raise UsageError(f"--decode-mode: {modes} is not allowed; allowed: one or more of {', '.join(DECODE_MODES)}")
     limit = cfg["lmeval"]["limit"]
     if limit != "all" and (not isinstance(limit, int) or limit < 1):
@@ -180,8 +201,11 @@ def _validate(cfg, models):
     if ppl["seq_len"] < 2 or (ppl["stride"] is not None and not 1 <= ppl["stride"] <= ppl["seq_len"]):
         raise UsageError(f"--ppl-seq-len/--ppl-stride: {ppl['seq_len']}/{ppl['stride']} is not allowed; "
                          "seq len >= 2 and 1 <= stride <= seq len")
-    if ppl["corpus"] not in ("auto", "wikitext2") and not os.path.isfile(ppl["corpus"]):
-        raise UsageError(f"--ppl-corpus: {ppl['corpus']!r} is not a file; allowed: auto, wikitext2, or a text file")
+    for flag, choice in (("--ppl-corpus", ppl["corpus"]), ("--palu-calib", cfg["palu"]["calib"])):
+        if choice not in ("auto", "wikitext2") and not os.path.isfile(choice):
+            raise UsageError(f"{flag}: {choice!r} is not a file; allowed: auto, wikitext2, or a text file")
+    if cfg["lmeval"]["tasks_path"] and not os.path.isdir(cfg["lmeval"]["tasks_path"]):
+        raise UsageError(f"--tasks-path: {cfg['lmeval']['tasks_path']!r} is not a folder")
     if cfg["baseline_run"] and not os.path.isfile(os.path.join(cfg["baseline_run"], "raw.json")):
         raise UsageError(f"--baseline-run: {cfg['baseline_run']!r} holds no raw.json; allowed: a baseline run dir")
     if cfg.get("shard") is not None:

@@ -14,7 +14,6 @@ the end of the generation. Two decode modes run the same loop:
   and recording happen in one extra generation per cell before the warm-up, and are recorded,
   not measured.
 """
-import gc
 import inspect
 import time
 
@@ -22,6 +21,7 @@ import torch
 from torch._dynamo.utils import counters
 from transformers import DynamicCache, LlamaForCausalLM, StaticCache
 
+from .models import release_memory
 from .roofline import prefill_flops, weight_bytes
 
 # transformers renamed `past_key_values` to `cache` (deprecated from 5.2x); accept both releases.
@@ -156,6 +156,11 @@ def decode(lm, clock, batch, ctx, gen, warmup, iters, trials, seed, mode="eager"
             "tokens_per_generation": batch * gen, "first_tokens": tokens[0, :8].tolist()}
 
 
+def is_oom(e):
+    """Out of memory on the GPU or the host (torch's CPU allocator raises a plain RuntimeError)."""
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(e)
+
+
 def run_cell(fn, device, **params):
     """Run one cell with fresh peak-memory counters; an OOM becomes a skipped record, not a crash."""
     cuda = device.type == "cuda"
@@ -166,7 +171,9 @@ def run_cell(fn, device, **params):
     oom = None
     try:
         record = {"status": "ok", **fn(**params)}
-    except torch.OutOfMemoryError as e:
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if not is_oom(e):
+            raise
         oom = str(e).splitlines()[0] if str(e) else "out of memory"
     if oom is not None:
         record = {"status": "skipped", "reason": "OOM", "error": oom}
@@ -177,7 +184,5 @@ def run_cell(fn, device, **params):
         "device_total_bytes": torch.cuda.get_device_properties(device).total_memory if cuda else None,
     }
     if oom is not None:
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
+        release_memory(device)
     return record

@@ -71,6 +71,14 @@ def local_tasks(folder):
     from lm_eval.tasks import TaskManager
     from lm_eval.tasks._yaml_loader import load_yaml
 
+    for path in sorted(Path(folder).rglob("*.yaml")):   # lm-eval skips a bad YAML silently; a user must hear of it
+        try:
+            cfg = load_yaml(path, resolve_func=False)
+        except Exception as e:  # noqa: BLE001 - any YAML or include error
+            raise UsageError(f"--tasks-path: {path} is not a valid task YAML ({str(e).splitlines()[0]})") from None
+        if not {"task", "group", "class"} & set(cfg):
+            raise UsageError(f"--tasks-path: {path} has no 'task:' (nor 'group:'); allowed: lm-eval task YAMLs "
+                             "(a shared template goes in a file not ending in .yaml, as lm-eval does)")
     out = {}
     for name, entry in TaskManager(include_path=str(folder), include_defaults=False).task_index.items():
         if entry.yaml_path is None or entry.cfg is None or "task" not in entry.cfg:
@@ -86,8 +94,6 @@ def local_tasks(folder):
 
 def resolve_tasks(names, tasks_path=None):
     """Each requested task -> TaskSource; an unknown name is a usage error naming where it looked."""
-    if tasks_path and not Path(tasks_path).is_dir():
-        raise UsageError(f"--tasks-path: {tasks_path!r} is not a folder")
     user = local_tasks(tasks_path) if tasks_path else {}
     mini = local_tasks(TASKS_DIR)
     out = {}
@@ -116,9 +122,13 @@ def resolve_tasks(names, tasks_path=None):
     return out
 
 
+def _number(value):
+    """lm-eval reports "N/A" for a stderr it cannot compute (one item)."""
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def _docs_sha256(docs):
-    rows = [{k: v for k, v in dict(d).items()} for d in docs]
-    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([dict(d) for d in docs], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def evaluate(lm, task, fewshot, limit, batch_size):
@@ -145,7 +155,6 @@ def evaluate(lm, task, fewshot, limit, batch_size):
     return {"task": name, "source": task.source, "fewshot": fewshot, "limit": limit, "n": len(per_item),
             "n_available": len(docs), "split": split,
             "data": {**task.provenance, "docs_sha256": _docs_sha256(docs[:n])},
-            "acc": res["acc,none"], "acc_stderr": res["acc_stderr,none"],
-            "acc_norm": res["acc_norm,none"], "acc_norm_stderr": res["acc_norm_stderr,none"],
+            **{k: _number(res[f"{k},none"]) for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")},
             "lm_eval": importlib.metadata.version("lm_eval"), "seconds": time.perf_counter() - t0,
             "items": per_item}

@@ -2,6 +2,7 @@
 
 `resolve` is cheap (config only) so bad input fails at session start; `load` builds the weights.
 """
+import gc
 import importlib.util
 import json
 import os
@@ -29,6 +30,7 @@ class ModelSpec:
     path: str            # folder from_pretrained reads, or the config file of a synthetic model
     config: object = field(repr=False)
     revision: str = None  # the HF snapshot (commit) an HF id resolved to
+    cache: str = None     # the suite's own model cache: hit, built, or rebuilt (and why)
 
     @property
     def synthetic(self):
@@ -48,6 +50,7 @@ class LoadedModel:
         cfg = self.spec.config
         return {
             "name": self.spec.name, "kind": self.spec.kind, "path": self.spec.path, "revision": self.spec.revision,
+            "model_cache": self.spec.cache,
             "weights": SYNTHETIC_STAMP if self.spec.synthetic else "pretrained",
             "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device),
             "attn_implementation": self.model.config._attn_implementation,
@@ -62,19 +65,41 @@ class LoadedModel:
 
 def resolve(name, registry):
     """Find a model's files and read its config, without loading weights."""
-    from transformers import AutoConfig
-
     entry = registry.get(name)
     if entry and entry["kind"] == "gguf_package":
-        folder = _dequantized_copy(name, entry)
-        return ModelSpec(name, "gguf_package", str(folder), AutoConfig.from_pretrained(folder))
+        folder = CACHE_ROOT / "models" / name
+        how = cache.entry(folder, lambda tmp: _export_gguf(name, entry, tmp))
+        return ModelSpec(name, "gguf_package", str(folder), _config(name, folder), cache=how)
     if entry and entry["kind"] == "synthetic":
         path = REPO_ROOT / entry["config"]
         return ModelSpec(name, "synthetic", str(path), _config_from_file(path))
     if os.path.isdir(name):
-        return ModelSpec(name, "hf", os.path.abspath(name), AutoConfig.from_pretrained(name))
+        folder = _checked_folder(name, os.path.abspath(name), f"--model: the folder {os.path.abspath(name)}")
+        return ModelSpec(name, "hf", folder, _config(name, folder))
     folder = _cached_hf_snapshot(name)
-    return ModelSpec(name, "hf", folder, AutoConfig.from_pretrained(folder), revision=os.path.basename(folder))
+    return ModelSpec(name, "hf", folder, _config(name, folder), revision=os.path.basename(folder))
+
+
+def _config(name, folder):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelUnavailable(f"model {name!r}: {folder}/config.json can't be read as a transformers config "
+                               f"({first})") from None
+
+
+def weights_id(spec):
+    """What the weights are, to key the caches derived from them (whitening factors): the HF snapshot
+    revision, or the sha256 of the weight files; None for random weights."""
+    if spec.synthetic:
+        return None
+    if spec.revision:
+        return f"revision {spec.revision}"
+    files = [p for pattern in WEIGHT_FILES for p in sorted(Path(spec.path).glob(pattern))]
+    return "sha256 " + "+".join(cache.file_sha256(f, CACHE_ROOT / cache.MEMO) for f in files)
 
 
 def _config_from_file(path):
@@ -88,27 +113,53 @@ WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 
 
 def _cached_hf_snapshot(repo_id):
-    """The snapshot folder of an HF id in the local HF cache, with its config and weights."""
+    """The snapshot folder of an HF id in the local HF cache, with its config and sound weights."""
     from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    hit = try_to_load_from_cache(repo_id, "config.json")
+    try:
+        hit = try_to_load_from_cache(repo_id, "config.json")
+    except HFValidationError:
+        raise ModelUnavailable(f"--model: {repo_id!r} is neither a model folder on this machine nor an HF id; "
+                               "allowed: smollm2-135m, llama3-8b-shape, an HF id (org/name) in the local HF cache, "
+                               "or a model folder") from None
     fix = (f"nothing is downloaded at run time: on a machine with network run `hf download {repo_id}` (or "
            "tools/fill_hf_cache.py) into that cache, or set HF_HOME / HF_HUB_CACHE to the cache that holds it")
     if not isinstance(hit, str):
         raise ModelUnavailable(f"model {repo_id!r} is not in the local HF cache (searched {constants.HF_HUB_CACHE}); "
                                + fix)
-    folder = os.path.dirname(hit)
-    if not any(any(Path(folder).glob(pattern)) for pattern in WEIGHT_FILES):
-        raise ModelUnavailable(f"model {repo_id!r}: the HF cache holds its config but no weights "
-                               f"({' or '.join(WEIGHT_FILES)}) in {folder}; " + fix)
+    return _checked_folder(repo_id, os.path.dirname(hit), f"model {repo_id!r}: the HF cache", fix)
+
+
+def _checked_folder(name, folder, where, fix="allowed: a folder written by save_pretrained (config.json and weights)"):
+    """A model folder with a config and weights whose safetensors headers match their sizes, so a missing
+    or truncated file stops the run at session start, named, instead of failing every cell."""
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ModelUnavailable(f"{where} holds no config.json ({folder}); {fix}")
+    weights = [p for pattern in WEIGHT_FILES for p in sorted(Path(folder).glob(pattern))]
+    if not weights:
+        raise ModelUnavailable(f"{where} holds a config but no weights ({' or '.join(WEIGHT_FILES)}) in {folder}; {fix}")
+    for f in weights:
+        why = safetensors_problem(f) if f.suffix == ".safetensors" else None
+        if why:
+            raise ModelUnavailable(f"model {name!r}: {f} {why}; replace the file (e.g. `hf download "
+                                   f"{name} --force-download`)")
     return folder
 
 
-def _dequantized_copy(name, entry):
-    """The packaged GGUF, dequantized once into a safetensors folder that reloads in well under a second."""
-    folder = CACHE_ROOT / "models" / name
-    cache.build_once(folder, lambda tmp: _export_gguf(name, entry, tmp))
-    return folder
+def safetensors_problem(path):
+    """None if the file is as long as its header says, else what is wrong (a truncated download, a bad copy)."""
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
+    except (OSError, ValueError):
+        header = None
+    if not isinstance(header, dict):
+        return f"is not a safetensors file ({size} bytes, unreadable header)"
+    end = 8 + n + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    return None if end == size else f"is {size} bytes but its header describes {end}: truncated or corrupt"
 
 
 def _export_gguf(name, entry, out):
@@ -131,6 +182,15 @@ def _export_gguf(name, entry, out):
     tok.save_pretrained(out)
 
 
+def release_memory(device):
+    """Return freed blocks to the device; the bytes still reserved afterwards (None off CUDA)."""
+    gc.collect()
+    if device.type != "cuda":
+        return None
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_reserved(device)
+
+
 def pick_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -139,9 +199,18 @@ def pick_device(name):
     return torch.device(name)
 
 
+def load_tokenizer(spec):
+    """The tokenizer alone (cheap): session-start checks count tokens with it. None for random weights."""
+    if spec.synthetic:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
+
+
 def load(spec, dtype, device):
     """Weights on `device` in `dtype`, SDPA attention, eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     dtype = getattr(torch, dtype)
     start = time.perf_counter()
@@ -153,7 +222,7 @@ def load(spec, dtype, device):
     else:
         model = AutoModelForCausalLM.from_pretrained(
             spec.path, dtype=dtype, attn_implementation="sdpa", local_files_only=True, device_map=None).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
+        tokenizer = load_tokenizer(spec)
     model.eval()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

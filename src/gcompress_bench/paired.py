@@ -1,7 +1,8 @@
 """Paired comparison of a palu run with a baseline run: is a delta more than noise?"""
 from math import comb
 
-from .results import read_json
+from . import UsageError
+from .results import ResultsError, read_json
 
 
 def mcnemar_exact(base_correct, other_correct):
@@ -11,6 +12,22 @@ def mcnemar_exact(base_correct, other_correct):
     n = b + c
     p = min(1.0, 2 * sum(comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n) if n else 1.0
     return b, c, p
+
+
+def check_baseline_run(baseline_dir, cfg, suites):
+    """A paired comparison is made against a baseline run of the same model, dtype and suite, or not at all."""
+    try:
+        base = read_json(f"{baseline_dir}/config.json")
+    except ResultsError as e:
+        raise UsageError(f"--baseline-run: {e}") from None
+    differ = [f"it is a {base.get('variant')!r} run"] if base.get("variant") != "baseline" else []
+    differ += [f"its {k} is {base.get(k)!r}, this run's {cfg[k]!r}" for k in ("model", "dtype") if base.get(k) != cfg[k]]
+    shared = set(base.get("suites", [])) & set(suites) & {"ppl", "lmeval"}
+    if differ or not shared:
+        why = "; ".join(differ) if differ else f"it holds suites {base.get('suites')}, this run {suites}"
+        raise UsageError(f"--baseline-run: {baseline_dir} is not a baseline run of this model, dtype and suite "
+                         f"({why}); allowed: a baseline run dir of {cfg['model']} ({cfg['dtype']}) with "
+                         f"{'/'.join(s for s in suites if s in ('ppl', 'lmeval'))}")
 
 
 def with_run(baseline_dir, raw):

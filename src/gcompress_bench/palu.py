@@ -10,17 +10,19 @@ import json
 import math
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import REPO_ROOT, UsageError, cache
+from . import REPO_ROOT, UsageError, cache, models
 from .models import CACHE_ROOT
-from .ppl import cached_wikitext2
+from .ppl import CORPUS_CHOICES, cached_wikitext2, read_text_file
 
 PROJS = ("k_proj", "v_proj")
 CALIB_TEXT = REPO_ROOT / "data" / "calibration.txt"
+PROBE_TOKENS = 256           # enough positions that top-1 agreement moves in steps of 0.4%, not 1.6%
 EFFECTIVE_TOLERANCE = 0.05   # |ranks kept - ratio| above this is called out (PaLU's rounding to 32 moves 0.7 to 0.6875)
 RATIO_DIR_NAME = re.compile(r"^(?P<model>.+?)_ratio-(?P<ratio>[0-9.]+)_gs-(?P<gs>\d+)(?:-(?P<method>.+))?$")
 
@@ -96,7 +98,7 @@ def read_rank_file(path, config, gs):
             raise UsageError(f"--palu-ranks: {path}: {mod} has {rs!r}; allowed: a list of {groups} ranks "
                              f"(one per group of {gs} KV heads)")
         for r in rs:
-            if not isinstance(r, int) or not 1 <= r <= full:
+            if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= full:
                 raise UsageError(f"--palu-ranks: {path}: {mod} rank {r!r} is not allowed; "
                                  f"allowed: integers 1..{full} (group size {gs} x head_dim {hd})")
     return {mod: list(ranks[mod]) for mod in want}
@@ -144,6 +146,29 @@ def allocate(pcfg, config, model_name, palu_name):
             check_dump(src, files, ranks, config, gs, palu_name)
             info["factors_from"] = {"dir": str(Path(src).resolve()), "files": [f.name for f in files]}
     return ranks, info
+
+
+class CompressionFailed(Exception):
+    """A compression no cell may measure: the run stops, and says why (with the facts, when there are some)."""
+
+    def __init__(self, why, facts=None):
+        super().__init__(why)
+        self.facts = facts
+
+
+@dataclass
+class Plan:
+    """Everything decided before weights load: ranks, where they came from, and the calibration windows."""
+    ranks: dict
+    rank_info: dict
+    calibration: tuple = None   # (token ids, facts) when the factors are whitened here
+
+
+def plan(pcfg, spec, model_name, palu_name, tokenizer):
+    """Every check that can run before weights load: group size, rank files, dumps, calibration text."""
+    ranks, info = allocate(pcfg, spec.config, model_name, palu_name)
+    whiten_here = pcfg["svd"] == "whiten" and not info.get("factors_from")
+    return Plan(ranks, info, calibration_ids(tokenizer, spec.config, pcfg) if whiten_here else None)
 
 
 # ---------------------------------------------------------------- PaLU's dumped checkpoints
@@ -208,17 +233,17 @@ def padded(r, align):
 
 # ---------------------------------------------------------------- calibration and factorization
 
-def calibration_ids(lm, pcfg):
-    """Token windows for the Gram matrices: never the perplexity evaluation text."""
+def calibration_ids(tokenizer, config, pcfg):
+    """Token windows for the Gram matrices, (n, t) exactly as asked: never the perplexity evaluation text."""
     n, t = pcfg["calib_samples"], pcfg["calib_seq_len"]
-    if lm.tokenizer is None:
-        ids = torch.randint(0, lm.spec.config.vocab_size, (n, t), generator=torch.Generator().manual_seed(0))
+    if tokenizer is None:
+        ids = torch.randint(0, config.vocab_size, (n, t), generator=torch.Generator().manual_seed(0))
         return ids, {"source": "random tokens (model has no tokenizer)", "sha256": None}
     text, source = calibration_text(pcfg["calib"])
-    tokens = lm.tokenizer(text, return_tensors="pt").input_ids[0]
-    n = min(n, len(tokens) // t)
-    if n < 1:
-        raise UsageError(f"--palu-calib: {source} has {len(tokens)} tokens, fewer than one window of {t}")
+    tokens = tokenizer(text, return_tensors="pt").input_ids[0]
+    if len(tokens) < n * t:
+        raise UsageError(f"--palu-calib: {source} has {len(tokens)} tokens, fewer than the {n} x {t} = {n * t} that "
+                         "--palu-calib-samples and --palu-calib-seq-len ask for; allowed: a longer text or fewer samples")
     return tokens[: n * t].view(n, t), {"source": source, "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
@@ -232,10 +257,7 @@ def calibration_text(choice):
         if choice == "wikitext2":
             raise UsageError(f"--palu-calib: WikiText-2 train is not in the local HF datasets cache ({note})")
         return CALIB_TEXT.read_text(), f"{CALIB_TEXT.relative_to(REPO_ROOT)} (FALLBACK: WikiText-2 train not in the HF cache)"
-    path = Path(choice)
-    if not path.is_file():
-        raise UsageError(f"--palu-calib: {choice!r} is not a file; allowed: auto, wikitext2, or a text file")
-    return path.read_text(), str(path)
+    return read_text_file("--palu-calib", choice, CORPUS_CHOICES), choice
 
 
 @torch.inference_mode()
@@ -290,47 +312,58 @@ def activation_error(W, BA, S):
 
 
 def _whitening_cache_key(lm, calib, ids):
-    h = hashlib.sha256(json.dumps([lm.spec.name, lm.spec.path, calib, list(ids.shape)]).encode())
+    """Everything the factors derive from: the weights' content (revision or sha256), the calibration data."""
+    h = hashlib.sha256(json.dumps([lm.spec.name, models.weights_id(lm.spec), calib, list(ids.shape)]).encode())
     h.update(ids.numpy().tobytes())
     return h.hexdigest()[:24]
 
 
-def whitening_factors(lm, pcfg, progress=lambda line: None):
-    """Cholesky factors per layer, cached on disk by model and calibration data (a second run skips
-    calibration). Concurrent first runs compute each key once; the others wait and load it."""
-    ids, calib = calibration_ids(lm, pcfg)
-    calib.update(windows=int(ids.shape[0]), seq_len=int(ids.shape[1]))
+def whitening_factors(lm, calibration, progress=lambda line: None):
+    """Cholesky factors per layer, cached on disk by the model's weights and the calibration data (a
+    second run skips calibration), verified on every use. Concurrent first runs compute each key once;
+    the others wait and read it."""
+    ids, calib = calibration
+    calib = {**calib, "windows": int(ids.shape[0]), "seq_len": int(ids.shape[1])}
     progress(f"palu: calibration on {calib['windows']} x {calib['seq_len']} tokens of {calib['source']}")
     if lm.spec.synthetic:   # random weights differ per seed: nothing worth reusing
         S, info = _calibrate(lm, ids)
         return S, {**calib, **info, "cache_hit": False}
-    path = CACHE_ROOT / "whiten" / f"{lm.spec.name.replace('/', '--')}-{_whitening_cache_key(lm, calib, ids)}.pt"
+    folder = CACHE_ROOT / "whiten" / f"{lm.spec.name.replace('/', '--')}-{_whitening_cache_key(lm, calib, ids)}"
     computed = {}
 
     def build(tmp):
         S, computed["info"] = _calibrate(lm, ids)
-        torch.save({"S": [s.cpu() for s in S], "eps": computed["info"]["eps"]}, tmp)
+        torch.save({"S": [s.cpu() for s in S], "eps": computed["info"]["eps"]}, tmp / "factors.pt")
 
-    built = cache.build_once(path, build)
-    factors = torch.load(path, map_location=lm.device)
-    info = computed["info"] if built else {"eps": factors["eps"]}
-    progress(f"palu: whitening factors {'computed' if built else 'read'} ({path})")
-    return factors["S"], {**calib, **info, "cache": str(path), "cache_hit": not built}
+    how = cache.entry(folder, build)
+    factors = torch.load(folder / "factors.pt", map_location=lm.device)
+    progress(f"palu: whitening factors: {how} ({folder})")
+    return factors["S"], {**calib, **computed.get("info", {"eps": factors["eps"]}), "cache": str(folder),
+                          "cache_hit": how == "hit", "cache_status": how}
 
 
 def _calibrate(lm, ids):
     t0 = time.perf_counter()
-    chol = [cholesky_factor(g) for g in gram_matrices(lm, ids)]
+    grams = gram_matrices(lm, ids)
+    bad = [i for i, g in enumerate(grams) if not torch.isfinite(g).all()]
+    if bad:
+        raise CompressionFailed(f"the calibration activations of layer {bad[0]} are not finite: the model's own "
+                                "forward gives NaN or inf")
+    chol = [cholesky_factor(g) for g in grams]
     return [s for s, _ in chol], {"calibration_s": round(time.perf_counter() - t0, 3), "eps": [e for _, e in chol]}
 
 
 # ---------------------------------------------------------------- the whole model
 
 @torch.inference_mode()
-def compress(lm, ranks, pcfg, rank_info, progress=lambda line: None):
+def compress(lm, plan, pcfg, progress=lambda line: None):
     """Replace k_proj/v_proj in place; returns the facts recorded in config.json and run_summary.md.
-    The factors are PaLU's own when rank_info names a dump to load them from, else computed here."""
+    The factors are PaLU's own when the plan names a dump to load them from, else computed here."""
     t0 = time.perf_counter()
+    ranks, rank_info = plan.ranks, plan.rank_info
+    cuda = lm.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(lm.device)
     config = lm.spec.config
     _, kv, hd = geometry(config)
     gs, align = pcfg["group_size"], pcfg["align"]
@@ -342,7 +375,7 @@ def compress(lm, ranks, pcfg, rank_info, progress=lambda line: None):
         stored, S_all, calib = load_dump_factors(dump["dir"], dump["files"], ranks), None, None
         factors = f"loaded from {dump['dir']}"
     else:
-        S_all, calib = whitening_factors(lm, pcfg, progress) if pcfg["svd"] == "whiten" else (None, None)
+        S_all, calib = whitening_factors(lm, plan.calibration, progress) if plan.calibration else (None, None)
         factors = f"recomputed ({pcfg['svd']})"
     modules = {}
     layers = lm.model.model.layers
@@ -380,11 +413,45 @@ def compress(lm, ranks, pcfg, rank_info, progress=lambda line: None):
     facts.update(rank_info=rank_info, factors=factors, svd=pcfg["svd"], ratio=pcfg["ratio"], group_size=gs,
                  cache=pcfg["cache"], rounding=pcfg["rounding"], align=align, calibration=calib, modules=modules,
                  compress_s=round(time.perf_counter() - t0, 3),
+                 memory={"peak_allocated_bytes": torch.cuda.max_memory_allocated(lm.device) if cuda else None,
+                         "peak_reserved_bytes": torch.cuda.max_memory_reserved(lm.device) if cuda else None},
                  verification=_verify(lm, before, after, probe))
     facts["headline"] = headline(facts)
     progress(f"palu: {facts['headline']}; {factors}; top-1 agreement on the probe "
              f"{facts['verification']['top1_agreement']:.3f} ({facts['compress_s']} s)")
+    broken = verification_problem(facts, lm.spec.synthetic)
+    if broken:
+        raise CompressionFailed(f"verification: {broken}", facts)
     return facts
+
+
+# Top-1 agreement with the uncompressed model on the probe, by fraction of rank kept: the lowest measured
+# over group sizes 1 and 3 on SmolLM2-135M (fp32, CPU; docs/QUALITY.md). A compression below half of
+# that is broken (corrupt or mismatched factors), not lossy, and its run stops before any cell.
+AGREEMENT_MEASURED = {
+    "whiten": {0.1: 0.238, 0.2: 0.270, 0.3: 0.316, 0.4: 0.441, 0.5: 0.555, 0.6: 0.656, 0.7: 0.688, 0.8: 0.734,
+               0.9: 0.762, 1.0: 1.0},
+    "plain": {0.1: 0.043, 0.2: 0.016, 0.3: 0.020, 0.4: 0.016, 0.5: 0.020, 0.6: 0.023, 0.7: 0.027, 0.8: 0.020,
+              0.9: 0.023, 1.0: 1.0},
+}
+
+
+def verification_problem(facts, synthetic):
+    """Why the compressed model must not be measured, or None. Random weights have no agreement to keep."""
+    v = facts["verification"]
+    if not v["finite_logits"]:
+        return "the compressed model's logits on the probe are not finite"
+    if synthetic:
+        return None
+    kept = 1 - facts["kv_compression_logical"]
+    table = AGREEMENT_MEASURED[facts["svd"]]
+    at = max((r for r in table if r <= kept + 1e-9), default=min(table))
+    floor = table[at] / 2
+    if v["top1_agreement"] < floor:
+        return (f"top-1 agreement with the uncompressed model is {v['top1_agreement']:.3f} on {v['probe_tokens']} "
+                f"probe tokens, below {floor:.3f}, half of the lowest measured at {at:.0%} of rank kept with "
+                f"{facts['svd']} SVD: the factors are broken, not merely lossy ({facts['factors']})")
+    return None
 
 
 def headline(facts):
@@ -423,8 +490,8 @@ def _probe_ids(lm):
     if lm.tokenizer is None:
         return torch.randint(0, lm.spec.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(7)
                              ).to(lm.device)
-    text = CALIB_TEXT.read_text()[:2000]
-    return lm.tokenizer(text, return_tensors="pt").input_ids[:, :64].to(lm.device)
+    text = CALIB_TEXT.read_text()[:6000]
+    return lm.tokenizer(text, return_tensors="pt").input_ids[:, :PROBE_TOKENS].to(lm.device)
 
 
 def _verify(lm, before, after, probe):
@@ -435,7 +502,8 @@ def _verify(lm, before, after, probe):
     else:
         prompt = probe[:1, :8]
     out = lm.model.generate(prompt, max_new_tokens=16, do_sample=False, pad_token_id=0)[0, prompt.shape[1]:]
-    return {"probe_tokens": int(probe.numel()), "max_abs_logit_diff": diff.max().item(),
+    return {"probe_tokens": int(probe.numel()), "finite_logits": bool(torch.isfinite(after).all()),
+            "max_abs_logit_diff": diff.max().item(),
             "mean_abs_logit_diff": diff.mean().item(),
             "top1_agreement": (after.argmax(-1) == before.argmax(-1)).float().mean().item(),
             "generation": lm.tokenizer.decode(out) if lm.tokenizer is not None else out.tolist()}

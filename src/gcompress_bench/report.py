@@ -29,20 +29,35 @@ def _cell_summary(rec, ceilings):
     return out
 
 
+RAW_HEADER = ("run_id", "variant", "model", "timer", "cells")
+
+
 def build_summary(run_dir):
+    """The summary of one run dir; a malformed one raises ResultsError naming the file, never a KeyError."""
     run_dir = Path(run_dir)
     raw = read_json(run_dir / "raw.json")
-    if not isinstance(raw, dict) or not isinstance(raw.get("cells"), dict):
-        raise ResultsError(f"{run_dir / 'raw.json'}: has no 'cells' mapping; not a gcompress-bench raw file")
+    missing = [k for k in RAW_HEADER if k not in raw] if isinstance(raw, dict) else list(RAW_HEADER)
+    if missing or not isinstance(raw["cells"], dict):
+        raise ResultsError(f"{run_dir / 'raw.json'}: lacks {missing or ['a cells mapping']}; not a complete "
+                           "gcompress-bench raw file")
     cfg = read_json(run_dir / "config.json")
     env = read_json(run_dir / "env.json")
+    try:
+        return _summary(raw, cfg, env)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ResultsError(f"{run_dir}: raw.json, config.json or env.json is malformed ({type(e).__name__}: {e})") \
+            from None
+
+
+def _summary(raw, cfg, env):
     cells = {cid: _cell_summary(rec, env.get("ceilings")) for cid, rec in raw["cells"].items()}
     compiled = [c["compile"] for c in cells.values() if c.get("compile")]
     expected = [nodeid.split("::")[-1] for nodeid in cfg.get("cells", [])]
     not_run = [c for c in expected if c not in cells]
     decisions = [f"{cid}: {c['status']} ({c.get('reason', '')}); left out of every statistic"
                  for cid, c in cells.items() if c["status"] != "ok"]
-    decisions += [f"{cid}: not run (interrupted or deselected after start)" for cid in not_run]
+    decisions += [f"{cid}: not run ({cfg.get('stopped') or 'interrupted or deselected after start'})"
+                  for cid in not_run]
     return {
         "run_id": raw["run_id"], "variant": raw["variant"], "model": raw["model"], "updated_utc": raw.get("updated_utc"),
         "weights": "synthetic weights" if raw.get("synthetic_weights") else "pretrained",
@@ -55,7 +70,7 @@ def build_summary(run_dir):
         "compile": {"cells": len(compiled), "graphs_compiled": sum(c["graphs_compiled"] for c in compiled),
                     "first_generations_s": round(sum(c["first_generation_s"] for c in compiled), 3)}
                    if compiled else None,
-        "cells": cells, "not_run": not_run, "decisions": decisions,
+        "cells": cells, "not_run": not_run, "decisions": decisions, "stopped": cfg.get("stopped"),
         "paired": ({"baseline_run": cfg["baseline_run"], "cells": paired.with_run(cfg["baseline_run"], raw)}
                    if cfg.get("baseline_run") else None),
     }
@@ -108,6 +123,8 @@ def _markdown(s):
              + (f"; iterations {s['iterations']}" if s["iterations"] else "")]
     if s["palu"]:
         lines.append(f"- PaLU: {headline(s['palu'])}")
+    if s["stopped"]:
+        lines.append(f"- **STOPPED**: {s['stopped']}")
     if s["weights"] == "synthetic weights":
         lines.append("- **synthetic weights**: timing only; no quality number comes from this run")
     stat_cols = ["p50", "p90", "p99", "std", "cv"]
@@ -135,8 +152,8 @@ def _markdown(s):
                                                   f"{c['seconds']:.1f}"]))
     lines += _table("lmeval", ["acc ± stderr", "acc_norm ± stderr", "n of available", "shots", "data",
                                "docs sha256", "s"], _rows(s, "lmeval"),
-                    _dash_unless_ok(7, lambda c: [f"{c['acc']:.4f} ± {c['acc_stderr']:.4f}",
-                                                  f"{c['acc_norm']:.4f} ± {c['acc_norm_stderr']:.4f}",
+                    _dash_unless_ok(7, lambda c: [plus_minus(c["acc"], c["acc_stderr"]),
+                                                  plus_minus(c["acc_norm"], c["acc_norm_stderr"]),
                                                   f"{c['n']} of {c.get('n_available', '?')}", str(c["fewshot"]),
                                                   _data_source(c), c.get("data", {}).get("docs_sha256", "—")[:12],
                                                   f"{c['seconds']:.1f}"]))
@@ -147,6 +164,15 @@ def _markdown(s):
     if s["decisions"]:
         lines += ["", "## Decisions", ""] + [f"- {d}" for d in s["decisions"]]
     return "\n".join(lines) + "\n"
+
+
+def _num(value, digits=4):
+    return "not finite" if value is None else f"{value:.{digits}f}"
+
+
+def plus_minus(value, stderr, digits=4):
+    """value ± stderr; lm-eval gives no stderr for a single item."""
+    return f"{value:.{digits}f} ± " + (f"{stderr:.{digits}f}" if stderr is not None else "n/a")
 
 
 def _data_source(c):
@@ -173,6 +199,7 @@ def _palu_markdown(p):
     v = p["verification"]
     calib = p["calibration"] or {}
     errs = [e for m in p["modules"].values() for e in (m["activation_rel_err"] or m["weight_rel_err"])]
+    finite = [e for e in errs if e is not None]   # a non-finite number is stored as null
     kind = "activation-weighted" if p["svd"] == "whiten" else "weight"
     ranks = sorted({r for m in p["modules"].values() for r in m["logical"]})
     phys = sorted({r for m in p["modules"].values() for r in m["physical"]})
@@ -190,9 +217,10 @@ def _palu_markdown(p):
             f"({p['factor_param_ratio']:.3f}x)",
             f"- calibration: {calib.get('source', 'none (plain SVD)')}, {calib.get('windows', '-')} x "
             f"{calib.get('seq_len', '-')} tokens, sha256 {calib.get('sha256')}, cache hit {calib.get('cache_hit')}",
-            f"- {kind} relative error per group: mean {sum(errs) / len(errs):.4f}, max {max(errs):.4f}",
-            f"- verification on {v['probe_tokens']} probe tokens: max |logit diff| {v['max_abs_logit_diff']:.4f}, "
-            f"mean {v['mean_abs_logit_diff']:.4f}, top-1 agreement {v['top1_agreement']:.3f}",
+            f"- {kind} relative error per group: mean {_num(sum(finite) / len(finite) if finite else None)}, max "
+            f"{_num(max(finite, default=None))}" + (f" ({len(errs) - len(finite)} not finite)" if finite != errs else ""),
+            f"- verification on {v['probe_tokens']} probe tokens: max |logit diff| {_num(v['max_abs_logit_diff'])}, "
+            f"mean {_num(v['mean_abs_logit_diff'])}, top-1 agreement {_num(v['top1_agreement'], 3)}",
             f"- greedy generation after compression: {v['generation']!r}",
             f"- compression took {p['compress_s']} s",
             f"- KV cache: the latents (physical ranks): {1 - p['kv_compression_physical']:.4f} of the baseline's "

@@ -1,5 +1,6 @@
 """Run directories: results/<exp_group>/<run_id>/, never overwritten, raw.json replaced atomically."""
 import json
+import math
 import os
 import re
 import time
@@ -23,8 +24,30 @@ def write_json(path, obj):
     """Write-then-rename, so a reader or a crash never sees half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    tmp.write_text(json.dumps(obj, indent=1, default=str, allow_nan=False) + "\n")   # strict JSON: no NaN
     os.replace(tmp, path)
+
+
+def non_finite(obj, where=""):
+    """Paths of every NaN or infinity in a record (nested dicts and lists)."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [where or "value"]
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in non_finite(v, f"{where}[{i}]")]
+    return []
+
+
+def finite_or_none(obj):
+    """The record with every NaN or infinity replaced by None, so it can be stored as strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
 
 
 def read_json(path):
@@ -49,15 +72,15 @@ def create_run_dir(root, exp_group, run_id, explicit):
         raise UsageError(f"--results-root: {str(root)!r} is not writable ({e.strerror}); "
                          "allowed: a folder this user can create and write") from None
     path = root / exp_group / run_id
-    if explicit and path.exists():
-        raise UsageError(f"--run-id: {run_id!r} already exists at {path}; results are never overwritten: "
-                         "choose a new run id")
     n = 1
     while True:
         try:
-            path.mkdir()
+            path.mkdir()   # atomic: of two processes asking for one name, exactly one gets it
             return path
         except FileExistsError:
+            if explicit:
+                raise UsageError(f"--run-id: {run_id!r} already exists at {path}; results are never overwritten: "
+                                 "choose a new run id") from None
             n += 1
             path = root / exp_group / f"{run_id}-{n}"
 

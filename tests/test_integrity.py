@@ -1,0 +1,302 @@
+"""Integrity: no wrong number recorded as ok, no bad input past session start, no write outside the
+results root. Every case runs the real CLI on the embedded model."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gcompress_bench import cache, config, models, palu
+
+from .conftest import REPO, TINY, run_cli
+
+HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def strict_json(path):
+    """raw.json must be strict JSON: a bare NaN or Infinity fails here."""
+    return json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path} holds a bare {c}"))
+
+
+@pytest.fixture(scope="module")
+def smol_spec():
+    return models.resolve("smollm2-135m", config.resolve({})["models"])
+
+
+@pytest.fixture(scope="module")
+def nan_model(smol_spec, tmp_path_factory):
+    """A model folder whose weights hold one NaN: every forward gives NaN logits."""
+    folder = tmp_path_factory.mktemp("nan_model")
+    for f in os.listdir(smol_spec.path):
+        if not f.startswith(".") and f != "model.safetensors":
+            shutil.copy(os.path.join(smol_spec.path, f), folder)
+    weights = load_file(os.path.join(smol_spec.path, "model.safetensors"))
+    weights["model.layers.5.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.slow
+def test_a_nan_metric_fails_its_cell_and_raw_json_stays_strict(nan_model, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text((REPO / "data/tiny_corpus.txt").read_text()[:4000])
+    proc = run_cli("gcompress_bench.llm_eval", "--variant", "baseline", "--suite", "ppl", "--model", str(nan_model),
+                   "--ppl-corpus", str(corpus), "--ppl-seq-len", "256", "--out", str(tmp_path / "r"), "--run-id", "nan")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    run = tmp_path / "r" / "default" / "nan"
+    cell = strict_json(run / "raw.json")["cells"]["test_ppl[S256]"]
+    assert cell["status"] == "failed" and cell["reason"] == "non-finite value in ppl, nll"
+    assert cell["ppl"] is None and cell["nll"] is None
+    assert "[1/1] test_ppl[S256] failed (non-finite value in ppl, nll)" in proc.stdout
+    assert "- test_ppl[S256]: failed (non-finite value in ppl, nll); left out of every statistic" in (
+        run / "run_summary.md").read_text()
+    strict_json(run / "summary.json")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("svd, why", [
+    ("whiten", "the calibration activations of layer 6 are not finite: the model's own forward gives NaN or inf"),
+    ("plain", "verification: the compressed model's logits on the probe are not finite"),
+])
+def test_a_compression_on_non_finite_numbers_stops_the_run(nan_model, tmp_path, svd, why):
+    proc = run_cli("gcompress_bench.llm_eval", "--variant", "palu", "--suite", "ppl", "--model", str(nan_model),
+                   "--palu-svd", svd, "--palu-calib-samples", "2", "--out", str(tmp_path / "r"), "--run-id", "stop")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    why = f"palu compression failed: {why}"
+    assert proc.stderr.splitlines() == [f"gcompress-bench: {why}"]
+    run = tmp_path / "r" / "default" / "stop"
+    cfg = strict_json(run / "config.json")
+    assert cfg["stopped"] == why
+    assert cfg["palu_facts"] is None if svd == "whiten" else cfg["palu_facts"]["verification"]["finite_logits"] is False
+    assert strict_json(run / "raw.json")["cells"] == {}
+    md = (run / "run_summary.md").read_text()
+    assert f"- **STOPPED**: {why}" in md and f"test_ppl[S512]: not run ({why})" in md
+
+
+@pytest.mark.slow
+def test_broken_factors_stop_the_run_before_any_cell(smol_spec, tmp_path):
+    """A dump of the right shapes but wrong factors (random here; in the field, factors of other weights):
+    top-1 agreement collapses far below what any measured compression at that ratio keeps."""
+    dump = tmp_path / "SmolLM2-135M-Instruct_ratio-0.7_gs-3-fisher_uniform-whiten"
+    dump.mkdir()
+    ranks = {m: [128] for m in palu.module_paths(smol_spec.config)}
+    (dump / "config.json").write_text(json.dumps({"model_type": "palullama", "head_wise_ranks": ranks,
+                                                  "original_model_name_or_path": HF_ID}))
+    g = torch.Generator().manual_seed(0)
+    save_file({n: torch.randn(shape, generator=g) * 0.05 for m in ranks
+               for n, shape in ((f"{m}.VT.weight", (128, 576)), (f"{m}.U.0.weight", (192, 128)))},
+              dump / "model.safetensors")
+    proc = run_cli("gcompress_bench.llm_eval", "--variant", "palu", "--suite", "ppl", "--palu-ranks", str(dump),
+                   "--out", str(tmp_path / "r"), "--run-id", "broken")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("gcompress-bench: palu compression failed: verification: top-1 agreement with the "
+                           "uncompressed model is 0.")
+    assert f"(loaded from {dump})" in line
+    assert json.loads((tmp_path / "r/default/broken/raw.json").read_text())["cells"] == {}
+
+
+def test_weights_id_follows_the_weight_files_not_their_names(tmp_path, smol_spec):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(os.path.join(smol_spec.path, "config.json"), folder)
+    save_file({"w": torch.zeros(4)}, folder / "model.safetensors")
+    spec = models.resolve(str(folder), {})
+    first = models.weights_id(spec)
+    assert first == "sha256 " + cache.sha256(folder / "model.safetensors")
+    time.sleep(0.01)
+    save_file({"w": torch.ones(4)}, folder / "model.safetensors")   # replaced in place: same name, new weights
+    assert models.weights_id(spec) not in (first, None)
+    save_file({"w": torch.zeros(4)}, folder / "model.safetensors")
+    assert models.weights_id(spec) == first
+    assert models.weights_id(models.resolve("llama3-8b-shape", config.resolve({})["models"])) is None
+
+
+@pytest.mark.slow
+def test_a_corrupt_whitening_entry_is_rebuilt_and_the_record_says_so(smol_spec, tmp_path):
+    cold = tmp_path / "cache"
+    shutil.copytree(smol_spec.path, cold / "models" / "smollm2-135m")   # a sound model entry, checksums included
+    args = ["--variant", "palu", "--suite", "ppl", "--ppl-corpus", str(REPO / "data/tiny_corpus.txt"),
+            "--ppl-seq-len", "256", "--palu-calib-samples", "2", "--out", str(tmp_path / "r")]
+    env = {"GCOMPRESS_CACHE": str(cold)}
+    for run_id in ("first", "second"):
+        if run_id == "second":   # overwrite 4 KB inside the cached factors: torch.load would still read them
+            (entry,) = (cold / "whiten").glob("*/factors.pt")
+            with open(entry, "r+b") as f:
+                f.seek(entry.stat().st_size // 2)
+                f.write(os.urandom(4096))
+        proc = run_cli("gcompress_bench.llm_eval", *args, "--run-id", run_id, env_extra=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    calib = {r: json.loads((tmp_path / "r/default" / r / "config.json").read_text())["palu_facts"]["calibration"]
+             for r in ("first", "second")}
+    assert calib["first"]["cache_status"] == "built"
+    assert calib["second"]["cache_status"].startswith(f"rebuilt: {entry} does not match its stored sha256")
+    ppl = [json.loads((tmp_path / "r/default" / r / "raw.json").read_text())["cells"]["test_ppl[S256]"]["ppl"]
+           for r in ("first", "second")]
+    assert ppl[0] == ppl[1]
+    assert cache.problem(entry.parent) is None
+
+
+@pytest.mark.slow
+def test_a_truncated_model_cache_is_found_and_rebuilt(smol_spec, tmp_path):
+    cold = tmp_path / "cache"
+    shutil.copytree(smol_spec.path, cold / "models" / "smollm2-135m")
+    weights = cold / "models" / "smollm2-135m" / "model.safetensors"
+    os.truncate(weights, 100_000_000)
+    code = ("import json; from gcompress_bench import config, models; "
+            "s = models.resolve('smollm2-135m', config.resolve({})['models']); print(json.dumps(s.cache))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "GCOMPRESS_CACHE": str(cold), "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1]).startswith(f"rebuilt: {weights} does not match its stored sha256")
+    assert weights.stat().st_size == os.path.getsize(os.path.join(smol_spec.path, "model.safetensors"))
+    assert cache.problem(weights.parent) is None
+
+
+CREATE = """
+import sys, time
+from gcompress_bench import UsageError, results
+root, start = sys.argv[1], float(sys.argv[2])
+for k in range(20):
+    while time.time() < start + 0.25 * k:   # every process asks for run id k at the same instant
+        pass
+    try:
+        print(k, results.create_run_dir(root, "g", f"run{k}", explicit=True).name)
+    except UsageError:
+        print(k, "refused")
+"""
+
+
+def test_one_explicit_run_id_asked_for_at_once_is_created_exactly_once(tmp_path):
+    start = time.time() + 3
+    procs = [subprocess.Popen([sys.executable, "-c", CREATE, str(tmp_path), str(start)], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")}) for _ in range(6)]
+    lines = [line.split() for p in procs for line in p.communicate(timeout=120)[0].splitlines()]
+    for k in range(20):
+        got = sorted(name for i, name in lines if i == str(k))
+        assert got == ["refused"] * 5 + [f"run{k}"], got
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == sorted(f"run{k}" for k in range(20))
+
+
+# ---------------------------------------------------------------- bad input: exit 2, one stderr line, nothing created
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, smol_spec, standin_hf_home):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.txt").write_text("  \n")
+    (d / "short.txt").write_text("Seven words of text, no more.")
+    (d / "empty_model").mkdir()
+    truncated = d / "truncated_model"
+    truncated.mkdir()
+    shutil.copy(os.path.join(smol_spec.path, "config.json"), truncated)
+    save_file({"w": torch.zeros(1000)}, truncated / "model.safetensors")
+    os.truncate(truncated / "model.safetensors", 2000)
+    ranks = palu.uniform_ranks(smol_spec.config, 0.7, 3, 32)
+    for name, value in (("true", True), ("float", 128.0)):
+        (d / f"ranks_{name}.json").write_text(json.dumps({**ranks, "model.layers.0.self_attn.k_proj": [value]}))
+    for name, text in (("invalid", "task: [unclosed\n"), ("no_task", "dataset_path: json\noutput_type: loglikelihood\n"),
+                       ("ok", (REPO / "data/tasks/mini_piqa.yaml").read_text().replace("task: mini_piqa", "task: mine"))):
+        (d / f"tasks_{name}" / "deeper").mkdir(parents=True)
+        (d / f"tasks_{name}" / "deeper" / "t.yaml").write_text(text)
+    for name, facts in (("palu_run", {"variant": "palu", "model": "smollm2-135m", "dtype": "float32"}),
+                        ("other_model_run", {"variant": "baseline", "model": HF_ID, "dtype": "float32"})):
+        (d / name).mkdir()
+        (d / name / "config.json").write_text(json.dumps({**facts, "suites": ["ppl"]}))
+        (d / name / "raw.json").write_text('{"cells": {}}')
+    # an HF cache the real client filled, then lost the model's weights (an interrupted copy)
+    hub = d / "hf" / "hub"
+    src = standin_hf_home / "hub" / "models--HuggingFaceTB--SmolLM2-135M-Instruct"
+    snapshot = next(src.glob("snapshots/*")).relative_to(src)
+    big = os.path.basename(os.readlink(src / snapshot / "model.safetensors"))
+    shutil.copytree(src, hub / src.name, symlinks=True, ignore=lambda folder, names: [n for n in names if n == big])
+    (hub / src.name / snapshot / "model.safetensors").unlink()
+    return d
+
+
+def bad_cases(d):
+    """(cli, args, the one stderr line, or None for any gcompress-bench line): the issue's cases by name,
+    then generated bad values for every option."""
+    ppl, palu_ppl = ["--suite", "ppl"], ["--variant", "palu", "--suite", "ppl"]
+    named = [
+        ("llm_eval", [*ppl, "--ppl-corpus", str(d / "empty.txt")], f"--ppl-corpus: '{d}/empty.txt' is empty"),
+        ("llm_eval", [*ppl, "--ppl-corpus", "/bin/ls"], "--ppl-corpus: '/bin/ls' is not UTF-8 text (a binary file"),
+        ("llm_eval", [*ppl, "--ppl-corpus", str(d / "short.txt")],
+         f"--ppl-corpus: '{d}/short.txt' has 8 tokens, fewer than one window of --ppl-seq-len 512"),
+        ("llm_eval", [*palu_ppl, "--palu-calib", str(d / "missing.txt")], f"--palu-calib: '{d}/missing.txt' is not a file"),
+        ("llm_eval", [*palu_ppl, "--palu-calib", str(d / "short.txt")],
+         f"--palu-calib: {d}/short.txt has 8 tokens, fewer than the 8 x 512 = 4096"),
+        ("llm_eval", [*ppl, "--model", HF_ID], f"model '{HF_ID}': the HF cache holds a config but no weights"),
+        ("llm_eval", [*ppl, "--model", str(d / "empty_model")], f"--model: the folder {d}/empty_model holds no config.json"),
+        ("llm_eval", [*ppl, "--model", str(d / "truncated_model")],
+         f"model '{d}/truncated_model': {d}/truncated_model/model.safetensors is 2000 bytes but its header describes"),
+        ("llm_run", ["--run-id", "a/b"], "--run-id: 'a/b' is not allowed; allowed: one folder name"),
+        ("llm_run", ["--run-id", "/tmp/x"], "--run-id: '/tmp/x' is not allowed"),
+        ("llm_run", ["--run-id", "../../x"], "--run-id: '../../x' is not allowed"),
+        ("llm_run", ["--exp-group", "/abs"], "--exp-group: '/abs' is not allowed"),
+        ("llm_eval", ["--suite", "lmeval", "--tasks-path", str(d / "tasks_invalid")],
+         f"--tasks-path: {d}/tasks_invalid/deeper/t.yaml is not a valid task YAML"),
+        ("llm_eval", ["--suite", "lmeval", "--tasks-path", str(d / "tasks_no_task")],
+         f"--tasks-path: {d}/tasks_no_task/deeper/t.yaml has no 'task:'"),
+        ("llm_run", ["--prefill-batch", "1,1"], "--prefill-batch: 1,1 repeats 1; allowed: each value once"),
+        ("llm_run", [*TINY, "--shard", "7/8"], "--shard: 7/8 is not allowed: the selection has 3 cells"),
+        ("llm_run", ["--variant", "palu", "--palu-ranks", str(d / "ranks_true.json")], "rank True is not allowed"),
+        ("llm_run", ["--variant", "palu", "--palu-ranks", str(d / "ranks_float.json")], "rank 128.0 is not allowed"),
+        ("llm_eval", [*palu_ppl, "--baseline-run", str(d / "palu_run")], "it is a 'palu' run"),
+        ("llm_eval", [*palu_ppl, "--baseline-run", str(d / "other_model_run")], f"its model is '{HF_ID}'"),
+        ("llm_run", ["--variant", "foo"], "--variant: unknown value 'foo'; allowed: baseline, palu"),
+        ("llm_run", ["--model", "nope"], "--model: unknown model 'nope'"),
+        ("llm_run", ["--prefill-seq-len", "9000"], "--prefill-seq-len 9000 is longer than the model's context"),
+        ("llm_run", ["--decode-mode", "compiled", "--device", "cpu"], "--decode-mode compiled needs a CUDA device"),
+        ("llm_run", ["--variant", "palu", "--palu-group-size", "2"], "--palu-group-size: 2 does not divide"),
+        ("llm_eval", ["--suite", "lmeval", "--tasks", "nope"], f"--tasks: unknown task 'nope'; searched "
+                                                               f"{REPO / 'data/tasks'}, the installed lm-eval's "
+                                                               "built-in tasks; allowed: a task of the installed "
+                                                               "lm-eval (e.g. piqa, hellaswag) or one of "
+                                                               "mini_hellaswag, mini_piqa"),
+        ("llm_eval", ["--suite", "lmeval", "--tasks", "nope", "--tasks-path", str(d / "tasks_ok")],
+         f"--tasks: unknown task 'nope'; searched {d}/tasks_ok (recursively), {REPO / 'data/tasks'}, the installed"),
+        ("llm_eval", ["--suite", "lmeval", "--limit", "0"], "--limit: 0 is not allowed; it must be an integer >= 1 or "
+                                                            "'all'"),
+        ("llm_eval", ["--suite", "lmeval", "--limit", "most"], "--limit: 'most' is not an integer or 'all'"),
+        ("llm_eval", ["--suite", "bleu"], "llm_eval: --suite: unknown suite 'bleu'; allowed: ppl, lmeval"),
+        ("llm_eval", ["--suite", "lmeval", "--tasks", "arc_easy"], "--tasks: arc_easy's dataset 'allenai/ai2_arc' is "
+                                                                   "not in the local HF datasets cache"),
+        ("llm_eval", [*ppl, "--model", "llama3-8b-shape"], "--model: 'llama3-8b-shape' has synthetic weights; the "
+                                                           "quality suites (ppl, lmeval) need pretrained weights"),
+        ("llm_run", ["--decode-mode", "graph"], "--decode-mode: ['graph'] is not allowed; allowed: one or more of "
+                                                "eager, compiled"),
+    ]
+    cases = [(cli, args, line) for cli, args, line in named]
+    for flag, _, kind, _ in config.OPTIONS:
+        values = {"int": ["x", "1.5"], "float": ["x", "nan"], "ints": ["1,x", "-4", "2,2"], "strs": [","],
+                  "limit": ["0", "some"], "str": ["bogus"], "flag": []}[kind]
+        if flag in ("--results-root", "--run-id", "--exp-group", "--seed"):
+            continue     # any name is a valid results root or id; any integer a seed
+        if kind == "str" and flag not in ("--profile", "--device", "--dtype", "--palu-svd", "--palu-cache",
+                                          "--palu-factors", "--shard"):
+            values = [str(d / "no" / "such")]   # paths and names
+        cases += [("llm_eval" if flag.startswith(("--ppl", "--tasks", "--limit", "--fewshot", "--baseline"))
+                   else "llm_run", ["--variant", "palu", flag, v], None) for v in values]
+    return cases
+
+
+@pytest.mark.slow
+def test_bad_input_exits_2_with_one_stderr_line_and_creates_nothing(bad_files, tmp_path):
+    cases = bad_cases(bad_files)
+    root = tmp_path / "results"
+    (tmp_path / "cases.json").write_text(json.dumps([{"cli": c, "args": a, "root": str(root)} for c, a, _ in cases]))
+    env = {**os.environ, "HF_HOME": str(bad_files / "hf"), "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'src'}"}
+    proc = subprocess.run([sys.executable, "-m", "tests.bad_input_driver", str(tmp_path / "cases.json"),
+                           str(tmp_path / "out.json")], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads((tmp_path / "out.json").read_text())
+    assert len([c for c in cases if c[2] is None]) >= 50   # generated, besides the named cases
+    wrong = [(args, res) for (cli, args, line), res in zip(cases, got)
+             if res["rc"] != 2 or len(res["stderr"]) != 1 or res["new_files"]
+             or not res["stderr"][0].startswith(("gcompress-bench: ", f"{cli}: ")) or (line and line not in res["stderr"][0])]
+    assert wrong == [] and not root.exists()
