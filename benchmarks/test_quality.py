@@ -6,8 +6,8 @@ from gcompress_bench import infer, lmeval, ppl
 
 @pytest.mark.ppl
 def test_ppl(ppl_cell, bench_model, bench_record):
-    bench_record(ppl_cell, infer.run_cell(ppl.evaluate, bench_model.device, lm=bench_model, corpus=ppl_cell["corpus"],
-                                          seq_len=ppl_cell["seq_len"], stride=ppl_cell["stride"]))
+    bench_record(ppl_cell, infer.run_cell(ppl.evaluate, bench_model.device, lm=bench_model, corpus=ppl_cell.params["corpus"],
+                                          seq_len=ppl_cell.params["seq_len"], stride=ppl_cell.params["stride"]))
 
 
 @pytest.mark.lmeval
@@ -15,7 +15,7 @@ def test_lmeval(lmeval_cell, bench_model, bench_run, bench_record):
     g = bench_run.cfg["lmeval"]
     limit = None if g["limit"] == "all" else g["limit"]
     rec = infer.run_cell(lmeval.evaluate, bench_model.device, lm=bench_model,
-                         task=bench_run.lm_tasks[lmeval_cell["task"]], fewshot=lmeval_cell["fewshot"], limit=limit,
+                         task=bench_run.lm_tasks[lmeval_cell.params["task"]], fewshot=lmeval_cell.params["fewshot"], limit=limit,
                          batch_size=g["batch_size"])
     assert rec["status"] != "ok" or 1 <= rec["n"] == min(limit or rec["n_available"], rec["n_available"])
     bench_record(lmeval_cell, rec)

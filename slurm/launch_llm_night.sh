@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The overnight run: baseline/palu x infer_sweep/ppl/lmeval as six Slurm jobs, then a report job
-# (--dependency=afterany) that writes reports/<exp_group>/ and names every job that failed.
+# The overnight run: one Slurm job per variant x suite (default baseline,palu x infer_sweep,ppl,lmeval: six
+# jobs), then a report job (--dependency=afterany) that compares every variant with the baseline, writes
+# reports/<exp_group>/ and names every job that failed.
 #   bash slurm/launch_llm_night.sh [--dry-run] [--model M] [--profile P] [--partition P] [--account A]
 #     [--exp-group G] [--results-root DIR] [--reports-root DIR] [--no-gpu] [--shards N] [--tasks T] [--limit N]
-#     [--variants baseline,palu] [--suites infer_sweep,ppl,lmeval] [--job-args "CLI options"]
+#     [--variants baseline,palu,asvd] [--suites infer_sweep,ppl,lmeval] [--job-args "CLI options"]
 #     [-- extra sbatch arguments]
-# --job-args passes further llm_run/llm_eval options to every job, e.g. "--palu-align 32 --trials 1".
+# --variants takes baseline and any registered method, plug-ins named in GCOMPRESS_METHODS included (the jobs
+# inherit the environment). --job-args passes further llm_run/llm_eval options to every job, e.g.
+# "--palu-align 32 --asvd-ratio 0.85 --trials 1". Before anything is submitted, each non-baseline variant's
+# jobs are checked offline with --check-only (baseline's when it is the only variant).
 set -uo pipefail
 usage() { echo "launch_llm_night: $*" >&2; exit 2; }
 need() { [ $# -ge 2 ] && [ -n "$2" ] && [[ $2 != --* ]] || usage "$1 needs a value; see the header of $0"; }
@@ -33,30 +37,54 @@ done
 if [ -n "$shards" ] && ! [[ "$shards" =~ ^[1-9][0-9]*$ ]]; then
   usage "--shards: '$shards' is not allowed; allowed: a positive integer"
 fi
-for v in ${variants//,/ }; do
-  case "$v" in baseline|palu) ;; *) usage "--variants: unknown variant '$v'; allowed: baseline, palu" ;; esac
-done
-for s in ${suites//,/ }; do
-  case "$s" in infer_sweep|ppl|lmeval) ;; *) usage "--suites: unknown suite '$s'; allowed: infer_sweep, ppl, lmeval" ;; esac
-done
-[ -n "${variants//,/}" ] && [ -n "${suites//,/}" ] || usage "--variants and --suites need at least one value each"
-if [ $dry = 0 ] && ! command -v sbatch >/dev/null; then
-  usage "sbatch is not on PATH: run this on a Slurm login node, start a local one with 'bash tools/local_slurm.sh start', or use --dry-run"
-fi
-# Every option the jobs get (model, profile, tasks, job args) is checked here as the jobs will check it,
-# offline and before anything is submitted: a bad value costs seconds, not a night.
+words() {  # words NAME "a,b,,c": the non-empty comma-separated items into the array NAME
+  local -n _words=$1; local _all _w; _words=()
+  IFS=, read -r -a _all <<<"$2"; for _w in "${_all[@]}"; do [ -z "$_w" ] || _words+=("$_w"); done
+}
+words vlist "$variants"; words slist "$suites"
+[ ${#vlist[@]} -gt 0 ] && [ ${#slist[@]} -gt 0 ] || usage "--variants and --suites need at least one value each"
 py=${GC_VENV:-$repo/.venv}/bin/python
 [ -x "$py" ] || py=python3
-markers=$(sed -e 's/infer_sweep/prefill,decode/' -e 's/,/ or /g' <<<"$suites")
-v=baseline; [[ ",$variants," = *,palu,* ]] && v=palu   # palu checks all that baseline does, and its own options
+pypath="$repo/src:$repo${PYTHONPATH:+:$PYTHONPATH}"   # the package and plug-in modules, found as in the jobs
+# The registered methods, plug-ins from GCOMPRESS_METHODS included: what the jobs' CLIs accept as --variant.
+registry=$(cd "$repo" && PYTHONPATH=$pypath "$py" -c 'from gcompress_bench import method; print(" ".join(method.load()))' 2>&1) \
+  || usage "--variants: cannot list the registered methods (GCOMPRESS_METHODS='${GCOMPRESS_METHODS:-}'): ${registry##*$'\n'}"
+read -r -a registry <<<"${registry##*$'\n'}"   # the last line: the names
+declare -A known=() seen=(); allowed=""
+for m in "${registry[@]}"; do known[$m]=1; allowed+="${allowed:+, }$m"; done
+for v in "${vlist[@]}"; do
+  [ -n "${known[$v]:-}" ] || usage "--variants: unknown variant '$v'; allowed: $allowed"
+  [ -z "${seen[v:$v]:-}" ] || usage "--variants: '$v' is given twice; allowed: each variant once"
+  seen[v:$v]=1
+done
+for s in "${slist[@]}"; do
+  case "$s" in infer_sweep|ppl|lmeval) ;; *) usage "--suites: unknown suite '$s'; allowed: infer_sweep, ppl, lmeval" ;; esac
+  [ -z "${seen[s:$s]:-}" ] || usage "--suites: '$s' is given twice; allowed: each suite once"
+  seen[s:$s]=1
+done
+if [ $dry = 0 ] && ! command -v sbatch >/dev/null; then
+  usage "sbatch is not on PATH: run this on a Slurm login node or use --dry-run (tests/local_slurm.sh starts a throwaway one for the tests)"
+fi
+# Every option the jobs get (model, profile, tasks, job args) is checked here as the jobs will check it,
+# offline and before anything is submitted: a bad value costs seconds, not a night. One --check-only session per
+# method of the night (each checks all that baseline does, and its own options); baseline's alone when it is the
+# only variant.
+markers=$(IFS=,; sed -e 's/infer_sweep/prefill,decode/' -e 's/,/ or /g' <<<"${slist[*]}")
+checked=()
+for v in "${vlist[@]}"; do [ "$v" = baseline ] || checked+=("$v"); done
+[ ${#checked[@]} -gt 0 ] || checked=(baseline)
 hf=(); [ -z "${GC_HF_HOME:-}" ] || hf=(HF_HOME="$GC_HF_HOME")   # the jobs' HF cache (run_llm.sbatch sets it so)
-out=$(cd "$repo" && env "${hf[@]}" "$py" -m pytest benchmarks -q -m "$markers" --variant "$v" "${job_args[@]}" \
-      "${cli_args[@]}" --check-only 2>&1)
-case $? in
-  0) ;;
-  1) echo "launch_llm_night: WARNING: the jobs would fall back:" >&2; grep FALLBACK <<<"$out" >&2 ;;
-  *) usage "the $v jobs would stop at once: $(grep -m 1 '^gcompress-bench: ' <<<"$out" || tail -n 1 <<<"$out")" ;;
-esac
+warnings=""   # printed once every check has passed: a refusal stays one line
+for v in "${checked[@]}"; do
+  out=$(cd "$repo" && env "${hf[@]}" PYTHONPATH="$pypath" "$py" -m pytest benchmarks -q -m "$markers" --variant "$v" \
+        "${job_args[@]}" "${cli_args[@]}" --check-only 2>&1)
+  case $? in
+    0) ;;
+    1) warnings+="launch_llm_night: WARNING: the $v jobs would fall back:"$'\n'"$(grep '^gcompress-bench check: .*FALLBACK' <<<"$out")"$'\n' ;;
+    *) usage "the $v jobs would stop at once: $(grep -m 1 '^gcompress-bench: ' <<<"$out" || tail -n 1 <<<"$out")" ;;
+  esac
+done
+printf '%s' "$warnings" >&2
 [ $gpu = 1 ] || sb+=(--gres=none)
 logs="$repo/slurm_logs"; [ $dry = 1 ] || mkdir -p "$logs" "$root" "$reports"
 stamp=$(date +%Y%m%d-%H%M%S)
@@ -64,15 +92,15 @@ submit() {  # prints the job id; in a dry run prints the command and a placehold
   if [ $dry = 1 ]; then echo "sbatch $*" >&2; echo "DRYRUN"; else sbatch --parsable "$@" | cut -d';' -f1; fi
 }
 ids=() names=()
-for v in ${variants//,/ }; do
-  for s in ${suites//,/ }; do
+for v in "${vlist[@]}"; do
+  for s in "${slist[@]}"; do
     exp="$v-$s"; array=() sharded=() out="$logs/${exp}_%j"
     if [ -n "$shards" ] && [ "$s" = infer_sweep ]; then
       array=(--array "0-$((shards - 1))"); sharded=(--shards "$shards"); out="$logs/${exp}_%A_%a"
     fi
     id=$(submit --job-name "$exp" --output "$out.out" --error "$out.err" "${array[@]}" "${sb[@]}" \
       --export "ALL,GC_REPO=$repo" "$repo/slurm/run_llm.sbatch" --variant "$v" --suite "$s" \
-      --results_root "$root" --exp_group "$group" --run_id "$stamp-$exp" "${sharded[@]}" "${job_args[@]}" \
+      --results-root "$root" --exp-group "$group" --run-id "$stamp-$exp" "${sharded[@]}" "${job_args[@]}" \
       -- "${cli_args[@]}")
     [ -n "$id" ] || usage "sbatch refused the $exp job"
     ids+=("$id"); names+=("$exp=$id")

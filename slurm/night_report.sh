@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The night's seventh job: the comparison report plus the state of every job it waited for.
+# The night's last job: the comparison report (every variant against the baseline) plus the state of every
+# job it waited for.
 #   night_report.sh RESULTS_ROOT EXP_GROUP OUT_DIR name=jobid ...
 set -uo pipefail
 root=$1 group=$2 out=$3; shift 3
@@ -7,6 +8,8 @@ repo=${GC_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
 python=${GC_VENV:-$repo/.venv}/bin/python
 command -v conda >/dev/null 2>&1 && conda env list 2>/dev/null | awk '{print $1}' | grep -qx "${GC_CONDA_ENV:-gc}" \
   && eval "$(conda shell.bash hook)" && conda activate "${GC_CONDA_ENV:-gc}" && python=python
+# plug-in methods (GCOMPRESS_METHODS, inherited from the launcher) are modules of the checkout, like the package
+export PYTHONPATH="$repo/src:$repo${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$out"
 jobs_md="$out/jobs.md"
 {

@@ -83,7 +83,7 @@ def test_three_palu_runs_at_once_on_an_empty_suite_cache(tmp_path, standin_hf_ho
     outs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(o[-2000:] for o in outs)
     runs = [tmp_path / "r" / "default" / f"p{i}" for i in range(3)]
-    calib = [json.loads((r / "config.json").read_text())["palu_facts"]["calibration"] for r in runs]
+    calib = [json.loads((r / "raw.json").read_text())["method_facts"]["calibration"] for r in runs]
     assert sorted(c["cache_hit"] for c in calib) == [False, True, True] and len({c["cache"] for c in calib}) == 1
     assert calib[0]["source"].startswith("Salesforce/wikitext wikitext-2-raw-v1 train (HF datasets cache, revision ")
     assert calib[0]["sha256"] == hashlib.sha256(wikitext_text("train").encode()).hexdigest()

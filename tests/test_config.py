@@ -1,7 +1,12 @@
 import pytest
 
 from gcompress_bench import UsageError
-from gcompress_bench.config import check_lengths, grid_cells, resolve
+from gcompress_bench.config import check_lengths, resolve
+from gcompress_bench.suites import SUITES, Cell, marker_expr
+
+
+def grid_cells(cfg, suite):
+    return [(c.id, c.params) for c in SUITES[suite].cells(cfg[suite])]
 
 
 def test_defaults_come_from_the_yaml():
@@ -30,13 +35,19 @@ def test_overrides_and_cell_ids():
     both = grid_cells(resolve({"decode_batch": "1", "decode_mode": "eager,compiled"}), "decode")
     assert [i for i, _ in both] == ["B1-ctx32-gen8", "B1-ctx32-gen8-compiled"]
     assert resolve({"profile": "full"})["decode"]["mode"] == ["compiled"]
+    cell = SUITES["decode"].cells(resolve({"decode_batch": "2"})["decode"])[0]
+    assert cell == Cell("decode", "B2-ctx32-gen8", {"batch": 2, "ctx": 32, "gen": 8, "mode": "eager"}, 8 * (256 + 8))
+    assert (marker_expr("infer_sweep"), marker_expr("ppl")) == ("prefill or decode", "ppl")
     long = resolve({"profile": "long"})["decode"]
     assert (long["ctx"], long["batch"], long["gen"], long["mode"]) == (
         [4096, 8192, 16384, 32768], [1, 8], [64], ["eager", "compiled"])
 
 
 @pytest.mark.parametrize("given, message", [
-    ({"variant": "foo"}, "--variant: unknown value 'foo'; allowed: baseline, palu"),
+    ({"variant": "foo"}, "--variant: unknown value 'foo'; allowed: baseline, palu, asvd"),
+    ({"asvd_ratio": "0"}, "--asvd-ratio: 0.0 is not allowed; it must be in (0, 1]"),
+    ({"asvd_rounding": "0"}, "--asvd-rounding: 0 is not allowed; it must be >= 1"),
+    ({"asvd_calib_samples": "x"}, "--asvd-calib-samples: 'x' is not an integer"),
     ({"profile": "huge"}, "--profile: unknown profile 'huge'; allowed: full, long, quick"),
     ({"model": "nope"}, "--model: unknown model 'nope'; allowed: smollm2-135m, llama3-8b-shape, an HF id "
                         "(org/name) in the local HF cache, or a local model folder"),

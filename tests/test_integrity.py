@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gcompress_bench import cache, config, models, palu
+from gcompress_bench import cache, config, method, models, palu
 
 from .conftest import REPO, TINY, run_cli
 
@@ -70,10 +70,9 @@ def test_a_compression_on_non_finite_numbers_stops_the_run(nan_model, tmp_path, 
     why = f"palu compression failed: {why}"
     assert proc.stderr.splitlines() == [f"gcompress-bench: {why}"]
     run = tmp_path / "r" / "default" / "stop"
-    cfg = strict_json(run / "config.json")
-    assert cfg["stopped"] == why
-    assert cfg["palu_facts"] is None if svd == "whiten" else cfg["palu_facts"]["verification"]["finite_logits"] is False
-    assert strict_json(run / "raw.json")["cells"] == {}
+    raw = strict_json(run / "raw.json")
+    assert raw["stopped"] == why and raw["cells"] == {}
+    assert raw["method_facts"] is None if svd == "whiten" else raw["method_facts"]["verification"]["finite_logits"] is False
     md = (run / "run_summary.md").read_text()
     assert f"- **STOPPED**: {why}" in md and f"test_ppl[S512]: not run ({why})" in md
 
@@ -132,7 +131,7 @@ def test_a_corrupt_whitening_entry_is_rebuilt_and_the_record_says_so(smol_spec, 
                 f.write(os.urandom(4096))
         proc = run_cli("gcompress_bench.llm_eval", *args, "--run-id", run_id, env_extra=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-    calib = {r: json.loads((tmp_path / "r/default" / r / "config.json").read_text())["palu_facts"]["calibration"]
+    calib = {r: json.loads((tmp_path / "r/default" / r / "raw.json").read_text())["method_facts"]["calibration"]
              for r in ("first", "second")}
     assert calib["first"]["cache_status"] == "built"
     assert calib["second"]["cache_status"].startswith(f"rebuilt: {entry} does not match its stored sha256")
@@ -272,16 +271,18 @@ def bad_cases(d):
                                                 "eager, compiled"),
     ]
     cases = [(cli, args, line) for cli, args, line in named]
-    for flag, _, kind, _ in config.OPTIONS:
+    methods = method.load().values()
+    choices = {f"--{m.name}-{o.key.replace('_', '-')}" for m in methods for o in m.options if o.choices}
+    for flag, _, kind, _ in config.options():
         values = {"int": ["x", "1.5"], "float": ["x", "nan"], "ints": ["1,x", "-4", "2,2"], "strs": [","],
                   "limit": ["0", "some"], "str": ["bogus"], "flag": []}[kind]
         if flag in ("--results-root", "--run-id", "--exp-group", "--seed"):
             continue     # any name is a valid results root or id; any integer a seed
-        if kind == "str" and flag not in ("--profile", "--device", "--dtype", "--palu-svd", "--palu-cache",
-                                          "--palu-factors", "--shard"):
+        if kind == "str" and flag not in ("--profile", "--device", "--dtype", "--shard", *choices):
             values = [str(d / "no" / "such")]   # paths and names
         cases += [("llm_eval" if flag.startswith(("--ppl", "--tasks", "--limit", "--fewshot", "--baseline"))
-                   else "llm_run", ["--variant", "palu", flag, v], None) for v in values]
+                   else "llm_run", ["--variant", next((m.name for m in methods if flag.startswith(f"--{m.name}-")),
+                                                      "palu"), flag, v], None) for v in values]
     return cases
 
 

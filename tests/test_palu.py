@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from gcompress_bench import UsageError, models, palu
+from gcompress_bench import UsageError, calibration, models, palu
 from gcompress_bench.config import resolve
 from gcompress_bench.ppl import perplexity
 
@@ -30,7 +30,7 @@ def compressed(smol, **kw):
     lm = copy.copy(smol)
     lm.model = copy.deepcopy(smol.model)
     p = pcfg(**kw)
-    return lm, palu.compress(lm, palu.plan(p, lm.spec, "smollm2-135m", "SmolLM2-135M-Instruct", lm.tokenizer), p)
+    return lm, palu.compress(lm, palu.Palu().plan(p, lm.spec, lm.tokenizer), p)
 
 
 def logits(model, ids):
@@ -143,7 +143,7 @@ def test_alignment_padding_changes_shapes_not_logits(smol):
 
 @pytest.mark.slow
 def test_whitened_beats_plain_on_activation_weighted_error(smol):
-    ids, _ = palu.calibration_ids(smol.tokenizer, smol.spec.config, pcfg())
+    ids, _ = calibration.windows(smol.tokenizer, smol.spec.config, pcfg(), "palu")
     grams = palu.gram_matrices(smol, ids)
     for i in (0, 10, 29):
         S, _ = palu.cholesky_factor(grams[i])

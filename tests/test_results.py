@@ -48,3 +48,20 @@ def test_report_tool_names_a_truncated_raw_json(tmp_path):
                           text=True, env={"PYTHONPATH": str(REPO / "src")})
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"report: {tmp_path / 'raw.json'}: not valid JSON")
+
+
+def test_a_new_record_field_reaches_the_summary_and_samples_become_statistics(tmp_path):
+    """No key list stands between a cell's record and summary.json: only per-sample data is replaced."""
+    from gcompress_bench.report import build_summary
+
+    log = RawLog(tmp_path, {"run_id": "r", "variant": "baseline", "model": "m", "timer": "host"})
+    samples = [[3.0, 1.0, 2.0], [5.0, 4.0]]
+    log.add("test_prefill[B1-S4]", {"suite": "prefill", "params": {"batch": 1, "seq_len": 4}, "status": "ok",
+                                    "tokens": 4, "samples_ms": {"latency": samples}, "brand_new": {"x": 1}})
+    (tmp_path / "config.json").write_text(json.dumps({"variant": "baseline", "suites": ["infer_sweep"],
+                                                      "prefill": {"warmup": 0, "iters": 3, "trials": 2},
+                                                      "decode": {"warmup": 0, "iters": 3, "trials": 2}}))
+    (tmp_path / "env.json").write_text("{}")
+    cell = build_summary(tmp_path)["cells"]["test_prefill[B1-S4]"]
+    assert cell["brand_new"] == {"x": 1} and "samples_ms" not in cell
+    assert cell["stats_ms"]["latency"]["p50"] == 3.0 and cell["tokens_per_s"] == 4 / (3.0 / 1e3)

@@ -1,11 +1,14 @@
-"""The Slurm side against a real single-node Slurm started on this machine (tools/local_slurm.sh)."""
+"""The Slurm side against a real single-node Slurm started on this machine (tests/local_slurm.sh), and the
+launcher's and job script's command lines without one (--dry-run, a stand-in Python)."""
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
 from datetime import datetime
+from itertools import product
 
 import pytest
 
@@ -13,6 +16,9 @@ from .conftest import REPO
 
 pytestmark = pytest.mark.slow
 LAUNCH = REPO / "slurm" / "launch_llm_night.sh"
+JOB = REPO / "slurm" / "run_llm.sbatch"
+SUITES = ("infer_sweep", "ppl", "lmeval")
+PLUGIN = {"GCOMPRESS_METHODS": "tests.plugins.toy_method"}   # registers the method "mlpprune" (--mlpprune-keep)
 GRID = ("--prefill-batch=1,2 --prefill-seq-len=16 --decode-ctx=16 --decode-gen=4 --decode-batch=1 --warmup=1 "
         "--iters=3 --trials=1 --ppl-seq-len=256 --fewshot=0")
 SMALL = ["--no-gpu", "--model", "smollm2-135m", "--profile", "quick", "--tasks", "piqa", "--limit", "4",
@@ -27,9 +33,9 @@ JOB_RES = ["--", "--mem=1500M", "--cpus-per-task=1"]   # the local partition ove
 def slurm():
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip("starting a local Slurm needs root and apt-get")
-    subprocess.run(["bash", str(REPO / "tools/local_slurm.sh"), "start"], check=True, timeout=600)
+    subprocess.run(["bash", str(REPO / "tests/local_slurm.sh"), "start"], check=True, timeout=600)
     yield
-    subprocess.run(["bash", str(REPO / "tools/local_slurm.sh"), "stop"], timeout=60)
+    subprocess.run(["bash", str(REPO / "tests/local_slurm.sh"), "stop"], timeout=60)
 
 
 def launch(tmp_path, *args, env=None):
@@ -72,18 +78,22 @@ def test_the_night_on_an_hf_cache_six_jobs_at_once(slurm, tmp_path, standin_hf_h
     assert runs == sorted(f"{v}-{s}" for v in ("baseline", "palu") for s in ("infer_sweep", "ppl", "lmeval"))
     spans = [_job_times(j) for j in ids[:6]]
     assert max(s for s, _ in spans) < min(e for _, e in spans), spans   # all six were running at one moment
-    hits = []
-    for run in night.iterdir():
+    hits, ppl = [], {}
+    for run in sorted(night.iterdir()):
         for name in ("config.json", "env.json", "raw.json", "summary.json", "run_summary.md"):
             assert (run / name).exists(), (run, name)
         env_json = json.loads((run / "env.json").read_text())
         assert env_json["slurm"]["SLURM_JOB_ID"] and env_json["hf_offline"]["HF_HUB_OFFLINE"] == "1"
         assert env_json["hf_offline"]["HF_HOME"] == str(standin_hf_home)
-        assert all(c["status"] == "ok" for c in json.loads((run / "raw.json").read_text())["cells"].values())
-        cfg = json.loads((run / "config.json").read_text())
-        assert cfg["model_facts"]["revision"] and cfg["model_facts"]["path"].startswith(str(standin_hf_home))
-        if cfg["variant"] == "palu":
-            hits.append(cfg["palu_facts"]["calibration"]["cache_hit"])
+        raw = json.loads((run / "raw.json").read_text())
+        assert all(c["status"] == "ok" for c in raw["cells"].values())
+        if "test_ppl[S256]" in raw["cells"]:
+            ppl[raw["variant"]] = raw["cells"]["test_ppl[S256]"]["ppl"]
+        assert raw["model_facts"]["revision"] and raw["model_facts"]["path"].startswith(str(standin_hf_home))
+        if raw["variant"] == "palu":
+            hits.append(raw["method_facts"]["calibration"]["cache_hit"])
+        else:
+            assert raw["method_facts"] is None   # baseline: the model as loaded
     assert sorted(hits) == [False, True, True]   # computed once under the lock, read by the other two
     left = sorted(p.name for p in cold.rglob("*"))
     assert len([n for n in left if n.endswith(".pt")]) == 1 and not [n for n in left if ".tmp" in n], left
@@ -91,8 +101,8 @@ def test_the_night_on_an_hf_cache_six_jobs_at_once(slurm, tmp_path, standin_hf_h
     md = (tmp_path / "reports" / "night" / "report.md").read_text()
     assert f"| baseline-ppl | {ids[1]} | COMPLETED | 0:0 |" in md
     assert "FALLBACK" not in md and "baber/piqa (HF datasets cache" in md and "Rowan/hellaswag (HF datasets" in md
-    assert re.search(r"\| test_ppl\[S256\] \| \d+\.\d{4} \| \d+\.\d{4} \| \d+\.\d{4} \| True \| "
-                     r"Salesforce/wikitext wikitext-2-raw-v1 test \(HF datasets cache", md)
+    assert (f"| test_ppl[S256] | {ppl['baseline']:.4f} | {ppl['palu']:.4f} | {ppl['palu'] / ppl['baseline']:.4f} (same "
+            "windows) | Salesforce/wikitext wikitext-2-raw-v1 test (HF datasets cache") in md
     assert re.search(r"\| test_prefill\[B1-S16\] \| \d+\.\d{3} \|", md)
     print(f"night wall time: {wall:.0f} s")
 
@@ -109,7 +119,8 @@ def test_the_report_job_names_every_failed_job(slurm, tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert f"| palu-ppl | {bad} | **FAILED** (FAILED) | 3:0 | slurm_logs/palu-ppl_{bad}.err |" in md
     assert f"| baseline-ppl | {ok} | COMPLETED | 0:0 |" in md
-    assert "No comparison: need at least one baseline and one palu run" in md and proc.returncode == 2
+    assert (f"No comparison: need baseline runs and at least one candidate (--reference/--candidate, or --exp-group "
+            f"with both under {tmp_path / 'results'}/g)") in md and proc.returncode == 2
 
 
 def test_sharded_infer_sweep_merges_to_the_unsharded_cell_set(slurm, tmp_path):
@@ -131,9 +142,40 @@ def test_sharded_infer_sweep_merges_to_the_unsharded_cell_set(slurm, tmp_path):
     assert all(r["speedup"] for r in report["prefill"] + report["decode"])
 
 
+def test_a_plugin_night_runs_and_is_reported_against_baseline(slurm, tmp_path):
+    """A plug-in method through real Slurm: registered by GCOMPRESS_METHODS alone (the jobs and the report job
+    inherit it), its option forwarded to its job, its facts in raw.json, its column in the report."""
+    out, ids = launch(tmp_path, *SMALL[:-1], SMALL[-1] + " --mlpprune-keep 0.8", "--variants", "baseline,mlpprune",
+                      "--suites", "ppl", "--exp-group", "plug", *JOB_RES, env={**os.environ, **PLUGIN})
+    assert len(ids) == 3
+    wait(ids)
+    runs = {p.name.split("-", 2)[2]: p for p in (tmp_path / "results" / "plug").iterdir()}
+    assert sorted(runs) == ["baseline-ppl", "mlpprune-ppl"]
+    raw = {name: json.loads((run / "raw.json").read_text()) for name, run in runs.items()}
+    assert raw["baseline-ppl"]["method_facts"] is None
+    facts = raw["mlpprune-ppl"]["method_facts"]
+    assert {k: facts[k] for k in ("keep", "intermediate", "original")} == {"keep": 0.8, "intermediate": 1228,
+                                                                          "original": 1536}
+    assert json.loads((runs["mlpprune-ppl"] / "config.json").read_text())["mlpprune"] == {"keep": 0.8}
+    cells = {name: r["cells"]["test_ppl[S256]"] for name, r in raw.items()}
+    assert [c["status"] for c in cells.values()] == ["ok", "ok"]
+    assert cells["baseline-ppl"]["sha256"] == cells["mlpprune-ppl"]["sha256"]   # the same windows
+    base, cand = cells["baseline-ppl"]["ppl"], cells["mlpprune-ppl"]["ppl"]
+    md = (tmp_path / "reports" / "plug" / "report.md").read_text()
+    assert md.startswith("# baseline vs mlpprune keep=0.8\n")
+    assert f"| baseline-ppl | {ids[0]} | COMPLETED | 0:0 |" in md
+    assert f"| mlpprune-ppl | {ids[1]} | COMPLETED | 0:0 |" in md
+    assert "| cell | baseline | mlpprune keep=0.8 | ratio | dataset |" in md
+    assert f"| test_ppl[S256] | {base:.4f} | {cand:.4f} | {cand / base:.4f} (same windows) |" in md
+    assert "- MLP intermediate 1228 of 1536" in md.splitlines()
+
+
 @pytest.mark.parametrize("args, line", [
     (["--shards", "0"], "--shards: '0' is not allowed; allowed: a positive integer"),
-    (["--variants", "baseline,nope"], "--variants: unknown variant 'nope'; allowed: baseline, palu"),
+    (["--variants", "baseline,nope"], "--variants: unknown variant 'nope'; allowed: baseline, palu, asvd"),
+    (["--variants", "baseline,mlpprune"], "--variants: unknown variant 'mlpprune'; allowed: baseline, palu, asvd"),
+    (["--variants", "palu,baseline,palu"], "--variants: 'palu' is given twice; allowed: each variant once"),
+    (["--variants", ","], "--variants and --suites need at least one value each"),
     (["--suites", "ppl,bleu"], "--suites: unknown suite 'bleu'; allowed: infer_sweep, ppl, lmeval"),
     (["--profile"], "--profile needs a value; see the header of"),
     (["--exp-group", "--dry-run"], "--exp-group needs a value"),
@@ -164,7 +206,9 @@ def test_launcher_bad_input(tmp_path):
             (bare / tool).symlink_to(shutil.which(tool))
     proc = subprocess.run([str(bare / "bash"), str(LAUNCH)], capture_output=True, text=True,
                           env={**env, "PATH": str(bare)})
-    assert proc.returncode == 2 and "sbatch is not on PATH" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr == ("launch_llm_night: sbatch is not on PATH: run this on a Slurm login "
+                                                    "node or use --dry-run (tests/local_slurm.sh starts a throwaway one "
+                                                    "for the tests)\n")
     proc = subprocess.run(["bash", str(LAUNCH), "--dry-run", "--exp-group", "g", "--no-gpu", "--results-root",
                            str(tmp_path / "r"), "--reports-root", str(tmp_path / "rep")], capture_output=True, text=True)
     assert proc.returncode == 0 and sum(line.startswith("sbatch ") for line in proc.stderr.splitlines()) == 7
@@ -173,15 +217,187 @@ def test_launcher_bad_input(tmp_path):
     assert "--dependency afterany:DRYRUN:DRYRUN:DRYRUN:DRYRUN:DRYRUN:DRYRUN" in proc.stderr
 
 
+def dry_night(tmp_path, *args, env_extra=None):
+    """A --dry-run night with an empty HF cache (so every checked variant's fallbacks are known): (proc, the sbatch
+    command lines as word lists)."""
+    hf = tmp_path / "empty-hf"
+    hf.mkdir()
+    proc = subprocess.run(["bash", str(LAUNCH), "--dry-run", "--results-root", str(tmp_path / "r"), "--reports-root",
+                           str(tmp_path / "rep"), "--exp-group", "g", "--profile", "quick", *args], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "GC_HF_HOME": str(hf), **(env_extra or {})})
+    assert proc.returncode == 0, proc.stderr
+    hf.rmdir()
+    assert list(tmp_path.iterdir()) == []   # a dry run creates nothing
+    return proc, [shlex.split(line)[1:] for line in proc.stderr.splitlines() if line.startswith("sbatch ")]
+
+
+def job_args(cmd):
+    """The words after run_llm.sbatch (or night_report.sh) in one sbatch command line."""
+    script = next(i for i, w in enumerate(cmd) if w.endswith(("/run_llm.sbatch", "/night_report.sh")))
+    return cmd[script + 1:]
+
+
+def fallback_heads(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("launch_llm_night: WARNING:")]
+
+
+def test_a_night_of_three_methods_is_nine_jobs_and_a_report(tmp_path):
+    proc, cmds = dry_night(tmp_path, "--variants", "baseline,palu,asvd", "--no-gpu")
+    assert len(cmds) == 10
+    stamp = re.fullmatch(r"(\d{8}-\d{6})-baseline-infer_sweep", job_args(cmds[0])[9])[1]
+    night = list(product(("baseline", "palu", "asvd"), SUITES))
+    for cmd, (v, s) in zip(cmds[:9], night):
+        assert cmd[:2] == ["--job-name", f"{v}-{s}"] and "--gres=none" in cmd
+        assert cmd[cmd.index("--export") + 1] == f"ALL,GC_REPO={REPO}"
+        assert job_args(cmd) == ["--variant", v, "--suite", s, "--results-root", str(tmp_path / "r"), "--exp-group",
+                                 "g", "--run-id", f"{stamp}-{v}-{s}", "--profile", "quick", "--"]
+    report = cmds[9]
+    assert report[:2] == ["--job-name", "report-g"]
+    assert report[report.index("--dependency") + 1] == "afterany:" + ":".join(["DRYRUN"] * 9)
+    assert job_args(report) == [str(tmp_path / "r"), "g", str(tmp_path / "rep" / "g"),
+                                *(f"{v}-{s}=DRYRUN" for v, s in night)]
+    assert [line for line in proc.stdout.splitlines() if line.startswith("submitted ")] == [
+        *(f"submitted {v}-{s}: job DRYRUN (logs {REPO}/slurm_logs/{v}-{s}_<job>.out/.err)" for v, s in night),
+        "submitted report: job DRYRUN (after " + " ".join(["DRYRUN"] * 9) + ")"]
+    # one --check-only session per method of the night, none for baseline (palu's and asvd's check all it does)
+    assert fallback_heads(proc.stderr) == ["launch_llm_night: WARNING: the palu jobs would fall back:",
+                                           "launch_llm_night: WARNING: the asvd jobs would fall back:"]
+    assert "gcompress-bench check: asvd calibration: data/calibration.txt (FALLBACK: WikiText-2 train not in the HF " \
+           "cache)" in proc.stderr.splitlines()
+
+
+def test_a_baseline_only_night_checks_baseline(tmp_path):
+    proc, cmds = dry_night(tmp_path, "--variants", "baseline", "--suites", "ppl")
+    assert [job_args(c)[:4] for c in cmds[:-1]] == [["--variant", "baseline", "--suite", "ppl"]]
+    assert fallback_heads(proc.stderr) == ["launch_llm_night: WARNING: the baseline jobs would fall back:"]
+    assert job_args(cmds[-1])[3:] == ["baseline-ppl=DRYRUN"]
+
+
+def test_a_plugin_method_needs_no_edit_in_slurm(tmp_path):
+    """GCOMPRESS_METHODS alone makes a plug-in a variant of the night, its options passed through to every job."""
+    assert not [p for p in (REPO / "slurm").iterdir() if "mlpprune" in p.read_text()]
+    proc, cmds = dry_night(tmp_path, "--variants", "baseline,mlpprune", "--job-args", "--mlpprune-keep 0.8",
+                           env_extra=PLUGIN)
+    assert len(cmds) == 7
+    stamp = re.fullmatch(r"(\d{8}-\d{6})-baseline-infer_sweep", job_args(cmds[0])[9])[1]
+    for cmd, (v, s) in zip(cmds[:6], product(("baseline", "mlpprune"), SUITES)):
+        assert job_args(cmd) == ["--variant", v, "--suite", s, "--results-root", str(tmp_path / "r"), "--exp-group",
+                                 "g", "--run-id", f"{stamp}-{v}-{s}", "--profile", "quick", "--",
+                                 "--mlpprune-keep", "0.8"]
+    assert job_args(cmds[6])[3:] == [f"{v}-{s}=DRYRUN" for v, s in product(("baseline", "mlpprune"), SUITES)]
+    assert fallback_heads(proc.stderr) == ["launch_llm_night: WARNING: the mlpprune jobs would fall back:"]
+
+
+@pytest.mark.parametrize("args, env_extra, line", [
+    (["--variants", "baseline,x"], {}, "--variants: unknown variant 'x'; allowed: baseline, palu, asvd"),
+    (["--variants", "baseline,x"], PLUGIN, "--variants: unknown variant 'x'; allowed: baseline, palu, asvd, mlpprune"),
+    (["--variants", "baseline,palu asvd"], {},
+     "--variants: unknown variant 'palu asvd'; allowed: baseline, palu, asvd"),
+    (["--variants", "baseline,mlpprune"], {"GCOMPRESS_METHODS": "tests.plugins.no_such_method"},
+     "--variants: cannot list the registered methods (GCOMPRESS_METHODS='tests.plugins.no_such_method'): "
+     "ModuleNotFoundError: No module named 'tests.plugins.no_such_method'"),
+    (["--variants", "baseline,mlpprune", "--job-args", "--mlpprune-keep 1.5"], PLUGIN,
+     "the mlpprune jobs would stop at once: gcompress-bench: --mlpprune-keep: 1.5 is not allowed; it must be in "
+     "(0, 1]"),
+    # the second method of the night is checked too: palu passes, asvd's calibration text is too short
+    (["--variants", "baseline,palu,asvd", "--suites", "ppl", "--job-args", "--asvd-calib {short}"], {},
+     "the asvd jobs would stop at once: gcompress-bench: --asvd-calib: {short} has 3 tokens, fewer than the "
+     "8 x 512 = 4096 that --asvd-calib-samples and --asvd-calib-seq-len ask for; allowed: a longer text or fewer "
+     "samples"),
+])
+def test_launcher_refuses_a_bad_variant_in_one_exact_line(tmp_path, args, env_extra, line):
+    short = tmp_path / "short.txt"
+    short.write_text("a short text")
+    args = [a.format(short=short) for a in args]
+    proc = subprocess.run(["bash", str(LAUNCH), "--dry-run", "--results-root", str(tmp_path / "r"), "--reports-root",
+                           str(tmp_path / "rep"), "--profile", "quick", *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300, env={**os.environ, **env_extra})
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"launch_llm_night: {line.format(short=short)}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["short.txt"]
+
+
+@pytest.fixture
+def stand_in_python(tmp_path):
+    """A venv whose python prints its arguments, one a line: the job script's exact CLI command line."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    (venv / "bin" / "python").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+
+    def go(*args, **extra):
+        proc = subprocess.run(["bash", str(JOB), *args], capture_output=True, text=True, cwd=tmp_path,
+                              env={**env, "GC_REPO": str(REPO), "GC_VENV": str(venv), "GC_CONDA_ENV": "no-such-env",
+                                   **extra})
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        head, *argv = proc.stdout.splitlines()
+        return head, argv
+    return go
+
+
+@pytest.mark.parametrize("spelling", [
+    ["--results_root", "R", "--run_id", "I", "--exp_group", "G"],
+    ["--results-root", "R", "--run-id", "I", "--exp-group", "G"],
+    ["--results-root=R", "--run-id=I", "--exp-group=G"],
+    ["--out", "R", "--run_id=I", "--exp-group", "G"],
+])
+def test_job_script_takes_both_spellings_and_forwards_every_other_option(stand_in_python, spelling):
+    head, argv = stand_in_python("--variant", "palu", "--suite", "ppl", *spelling, "--palu-group-size", "3",
+                                 "--check-only", "--seed", "-1", "--prefill-batch=1,2", "--tasks", "piqa",
+                                 "--", "--trials", "1")
+    assert re.fullmatch(r"run_llm.sbatch: job none array none/none on \S+: palu ppl -> R/G/I", head)
+    assert argv == ["-m", "gcompress_bench.llm_eval", "--variant", "palu", "--suite", "ppl", "--results-root", "R",
+                    "--exp-group", "G", "--run-id", "I", "--palu-group-size", "3", "--check-only", "--seed", "-1",
+                    "--prefill-batch=1,2", "--tasks", "piqa", "--trials", "1"]
+
+
+def test_job_script_passes_any_variant_a_bare_last_flag_and_its_shard(stand_in_python):
+    head, argv = stand_in_python("--variant", "mlpprune", "--suite", "infer_sweep", "--run-id", "I", "--shards", "4",
+                                 "--mlpprune-keep", "0.8", "--check-only", SLURM_ARRAY_TASK_ID="3")
+    assert head.endswith(": mlpprune infer_sweep -> results/default/I-shard3")
+    assert argv == ["-m", "gcompress_bench.llm_run", "--variant", "mlpprune", "--suite", "infer_sweep",
+                    "--results-root", "results", "--exp-group", "default", "--run-id", "I-shard3", "--shard", "3/4",
+                    "--mlpprune-keep", "0.8", "--check-only"]
+
+
 def test_job_script_rejects_bad_input_before_loading_anything(tmp_path):
-    script = REPO / "slurm" / "run_llm.sbatch"
-    for args, message in [(["--variant", "x", "--suite", "ppl"], "--variant: unknown value 'x'; allowed: baseline, palu"),
-                          (["--variant", "palu", "--suite", "bleu"], "--suite: unknown value 'bleu'; allowed: infer_sweep, ppl, lmeval"),
-                          (["--variant", "palu", "--suite", "ppl", "--shards", "-1"], "--shards: '-1' is not allowed")]:
-        proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, cwd=tmp_path)
-        assert proc.returncode == 2 and message in proc.stderr
-    proc = subprocess.run(["bash", str(script), "--variant", "palu", "--suite", "ppl"], capture_output=True, text=True,
+    cases = [
+        (["--suite", "ppl"], "--variant is missing; allowed: baseline or a registered method (palu, asvd, or a plug-in "
+                             "from GCOMPRESS_METHODS)"),
+        (["--variant", "", "--suite", "ppl"], "--variant needs a value"),
+        (["--variant=", "--suite", "ppl"], "--variant needs a value"),
+        (["--variant", "palu", "--suite", "ppl", "--run_id", "--check-only"], "--run_id needs a value"),
+        (["--variant", "palu", "--suite", "bleu"], "--suite: unknown value 'bleu'; allowed: infer_sweep, ppl, lmeval"),
+        (["--variant", "palu", "--suite", "ppl", "--shards", "-1"], "--shards: '-1' is not allowed; allowed: a "
+                                                                     "positive integer"),
+        (["--variant", "palu", "--suite", "ppl", "stray"], "unexpected argument 'stray'; allowed: options as --name "
+                                                          "value, --name=value or a bare --flag (then -- and more CLI "
+                                                          "options)"),
+    ]
+    for args, message in cases:
+        proc = subprocess.run(["bash", str(JOB), *args], capture_output=True, text=True, cwd=tmp_path)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"run_llm.sbatch: {message}\n"), args
+    proc = subprocess.run(["bash", str(JOB), "--variant", "palu", "--suite", "ppl"], capture_output=True, text=True,
                           env={**os.environ, "GC_REPO": str(REPO), "GC_VENV": str(tmp_path / "novenv"),
                                "GC_CONDA_ENV": "no-such-env"})
     assert proc.returncode == 2
-    assert f"no Python environment: conda env 'no-such-env' not found and no venv at {tmp_path / 'novenv'}" in proc.stderr
+    assert proc.stderr == (f"run_llm.sbatch: no Python environment: conda env 'no-such-env' not found and no venv at "
+                           f"{tmp_path / 'novenv'}; run 'bash tools/setup.sh' or set GC_CONDA_ENV / GC_VENV\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--variant", "x"], "gcompress-bench: --variant: unknown value 'x'; allowed: baseline, palu, asvd, mlpprune"),
+    (["--variant", "mlpprune", "--mlpprune-keep", "1.5"],
+     "gcompress-bench: --mlpprune-keep: 1.5 is not allowed; it must be in (0, 1]"),
+])
+def test_job_script_leaves_the_variant_and_method_options_to_the_cli(tmp_path, args, line):
+    """The real CLI behind the job script, with a plug-in registered: it names a bad variant or option value in
+    one stderr line (the job's .err log), exit 2, nothing written, under both spellings of the script's flags."""
+    proc = subprocess.run(["bash", str(JOB), *args, "--suite", "ppl", "--results_root", str(tmp_path / "r"),
+                           "--run_id", "i", "--exp-group", "g", "--model", "smollm2-135m", "--profile", "quick"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "GC_REPO": str(REPO), **PLUGIN})
+    assert (proc.returncode, proc.stderr) == (2, line + "\n")
+    assert list(tmp_path.iterdir()) == []

@@ -1,5 +1,8 @@
 """The pytest suite driven as users drive it: through the CLI, in a subprocess, on smollm2-135m."""
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -7,14 +10,14 @@ import pytest
 
 from gcompress_bench.stats import describe
 
-from .conftest import TINY, run_cli
+from .conftest import REPO, TINY, run_cli
 
 REQUIRED = ["config.json", "env.json", "raw.json", "summary.json", "run_summary.md", "pytest-report.json",
             "plots/prefill_latency.png", "plots/decode_ms_per_token.png"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["baseline", "palu"])
+@pytest.mark.parametrize("variant", ["baseline", "palu", "asvd"])
 def test_quick_infer_sweep_writes_a_complete_run(llm_run, variant):
     proc, runs = llm_run("--variant", variant, *TINY, "--run-id", "e2e")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -24,10 +27,13 @@ def test_quick_infer_sweep_writes_a_complete_run(llm_run, variant):
         assert (run / name).stat().st_size > 0, name
     cfg, env = json.loads((run / "config.json").read_text()), json.loads((run / "env.json").read_text())
     raw, summary = json.loads((run / "raw.json").read_text()), json.loads((run / "summary.json").read_text())
-    assert cfg["variant"] == variant and cfg["prefill"]["iters"] == 3 and cfg["model_facts"]["kv_heads"] == 3
-    assert cfg["model_facts"]["weights"] == "pretrained"
-    palu_delta = cfg["palu_facts"]["factor_params"] - cfg["palu_facts"]["original_params"] if variant == "palu" else 0
-    assert cfg["model_facts"]["parameters"] == 134_515_008 + palu_delta
+    # config.json is the input, written once; what was measured of the model and the method is in raw.json
+    assert cfg["variant"] == variant and cfg["prefill"]["iters"] == 3 and "model_facts" not in cfg
+    model, facts = raw["model_facts"], raw["method_facts"]
+    assert model["kv_heads"] == 3 and model["weights"] == "pretrained"
+    delta = {"baseline": lambda: 0, "palu": lambda: facts["factor_params"] - facts["original_params"],
+             "asvd": lambda: facts["params_kept"] - facts["params_original"]}[variant]()
+    assert model["parameters"] == 134_515_008 + delta
     for key in ("torch", "transformers", "python", "host", "cpu", "git_commit", "git_dirty", "command", "seed"):
         assert key in env
     assert raw["timer"] == "host" and summary["timer"] == "host"
@@ -52,7 +58,7 @@ def test_quick_infer_sweep_writes_a_complete_run(llm_run, variant):
     # rooflines: the ceilings are measured and recorded; achieved = (bytes or FLOPs) / p50 / ceiling
     ceil = env["ceilings"]
     assert ceil["copy_GBps"] > 0 and ceil["gemm_TFLOPs"] > 0 and ceil["dtype"] == "float32"
-    weights = cfg["model_facts"]["weight_bytes"]    # SmolLM2 ties its embedding: every weight is read
+    weights = model["weight_bytes"]    # SmolLM2 ties its embedding: every weight is read
     assert dec["bytes_per_step"] == weights + 30 * 2 * 3 * 64 * 4 * 1 * (16 + 4 / 2)
     roof = summary["cells"]["test_decode[B1-ctx16-gen4]"]["roofline"]
     gbps = dec["bytes_per_step"] / (describe(dec["samples_ms"]["step"])["p50"] / 1e3) / 1e9
@@ -69,7 +75,6 @@ def test_quick_infer_sweep_writes_a_complete_run(llm_run, variant):
     assert "[3/3] test_decode[B1-ctx16-gen4] ok step p50" in proc.stdout
     assert f"results in {run}" in proc.stdout
     if variant == "palu":
-        facts = cfg["palu_facts"]
         assert (facts["group_size"], facts["svd"], facts["ratio"]) == (3, "whiten", 0.7)
         assert facts["modules"]["model.layers.0.self_attn.k_proj"]["physical"] == [128]
         assert facts["kv_compression_logical"] == pytest.approx(1 / 3)
@@ -77,10 +82,48 @@ def test_quick_infer_sweep_writes_a_complete_run(llm_run, variant):
         assert "## PaLU compression" in md and "KV compression 1 - sum(r)/sum(gs*head_dim): logical 0.3333" in md
         assert facts["factors"] == "recomputed (whiten)" and "factors recomputed (whiten)" in md
         headline = "requested ratio 0.7 (KV cut 0.3000); effective KV cut 0.3333 (ranks kept 0.6667, mean rank 128.0"
-        assert md.splitlines()[4].startswith(f"- PaLU: {headline}") and f"palu: {headline}" in proc.stdout
+        assert md.splitlines()[4].startswith(f"- palu: {headline}") and f"palu: {headline}" in proc.stdout
         assert "palu: calibration on 8 x 512 tokens of " in proc.stdout and "palu: layer 30/30 factored" in proc.stdout
+    elif variant == "asvd":
+        assert (facts["ratio"], facts["alpha"], facts["rounding"]) == (0.95, 0.5, 1)   # the quick profile's ratio
+        assert facts["params_kept_ratio"] <= 0.95 and facts["params_kept_ratio"] == pytest.approx(0.95, abs=0.002)
+        ranks = [m["rank"] for m in facts["modules"].values() if m["rank"] is not None]
+        assert len(facts["modules"]) == 30 * 7 and facts["factored"] == len(ranks) > 100
+        assert facts["aligned_share"]["8"] == sum(r % 8 == 0 for r in ranks) / len(ranks) < 0.5   # irregular
+        mod = facts["modules"]["model.layers.0.mlp.up_proj"]
+        layer = "## ASVD compression" in md and f"| model.layers.0.mlp.up_proj | 1536 x 576 | {mod['rank'] or 'dense'} |"
+        assert layer in md and md.splitlines()[4].startswith("- asvd: requested 0.95 of the parameters kept")
     else:
-        assert "palu_facts" not in cfg and "PaLU" not in md
+        assert facts is None and "compression" not in md
+
+
+@pytest.mark.slow
+def test_a_plug_in_method_runs_end_to_end_with_no_edit_elsewhere(llm_run, tmp_path):
+    """tests/plugins/toy_method.py registers `mlpprune` from outside the package: its option joins the
+    CLI, its cells, summary and comparison work, and nothing in the package names it."""
+    plug = {"GCOMPRESS_METHODS": "tests.plugins.toy_method"}
+    args = [*TINY, "--exp-group", "g", "--", "-m", "prefill"]
+    for variant, extra in (("baseline", []), ("mlpprune", ["--mlpprune-keep", "0.5"])):
+        proc, runs = llm_run("--variant", variant, *extra, "--run-id", variant, *args, env_extra=plug)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    raw = json.loads((llm_run.root / "g/mlpprune/raw.json").read_text())
+    assert raw["method_facts"] == {"keep": 0.5, "intermediate": 768, "original": 1536,
+                                   "memory": {"reserved_after_release_bytes": None}}   # (no CUDA here)
+    # 30 layers x 3 projections x 768 channels x 576 fewer parameters
+    assert raw["model_facts"]["parameters"] == 134_515_008 - 30 * 3 * 768 * 576
+    assert "- mlpprune: MLP intermediate 768 of 1536" in (llm_run.root / "g/mlpprune/run_summary.md").read_text()
+    proc = subprocess.run([sys.executable, str(REPO / "tools/plot_llm_results.py"), "--exp-group", "g",
+                           "--results-root", str(llm_run.root), "--out", str(tmp_path / "rep")], capture_output=True,
+                          text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'src'}", **plug})
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "rep/report.md").read_text()
+    assert md.startswith("# baseline vs mlpprune keep=0.5\n") and "## mlpprune" in md
+    proc, _ = llm_run("--variant", "mlpprune", "--mlpprune-keep", "0", *args, env_extra=plug)
+    assert proc.returncode == 2 and proc.stderr.splitlines()[-1] == (
+        "gcompress-bench: --mlpprune-keep: 0.0 is not allowed; it must be in (0, 1]")
+    proc, _ = llm_run("--variant", "mlpprune", *args)   # not registered without the plug-in
+    assert proc.returncode == 2 and proc.stderr.splitlines()[-1] == (
+        "gcompress-bench: --variant: unknown value 'mlpprune'; allowed: baseline, palu, asvd")
 
 
 @pytest.mark.slow

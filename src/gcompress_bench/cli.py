@@ -5,9 +5,8 @@ import sys
 import pytest
 
 from . import REPO_ROOT
-from .config import OPTIONS, option_dest
-
-SUITE_MARKERS = {"infer_sweep": "prefill or decode", "ppl": "ppl", "lmeval": "lmeval"}
+from .config import option_dest, options
+from .suites import marker_expr
 
 
 def parser(prog, suites, default_suite):
@@ -15,7 +14,7 @@ def parser(prog, suites, default_suite):
                                 "Arguments after `--` go to pytest unchanged.")
     p.add_argument("--suite", default=default_suite, help=f"one of: {', '.join(suites)}")
     p.add_argument("--out", help="results root (same as --results-root)")
-    for flag, _, kind, help_text in OPTIONS:
+    for flag, _, kind, help_text in options():
         p.add_argument(flag, dest=option_dest(flag), help=help_text,
                        **({"action": "store_true", "default": None} if kind == "flag" else {}))
     return p
@@ -24,12 +23,12 @@ def parser(prog, suites, default_suite):
 def pytest_args(args, extra):
     """Forward every given option; option checking stays in the pytest plugin, in one place."""
     out = [str(REPO_ROOT / "benchmarks"), "-c", str(REPO_ROOT / "pytest.ini"), "--rootdir", str(REPO_ROOT),
-           "-m", SUITE_MARKERS[args.suite]]
+           "-m", marker_expr(args.suite)]
     given = vars(args)
     if args.out and not given.get("results_root"):
         given["results_root"] = args.out
     out += [flag if kind == "flag" else f"{flag}={given[option_dest(flag)]}"
-            for flag, _, kind, _ in OPTIONS if given.get(option_dest(flag)) is not None]
+            for flag, _, kind, _ in options() if given.get(option_dest(flag)) is not None]
     return out + extra
 
 

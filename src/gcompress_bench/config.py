@@ -9,21 +9,19 @@ from pathlib import Path
 
 import yaml
 
-from . import REPO_ROOT, VARIANTS, UsageError
+from . import REPO_ROOT, UsageError, method
+from .suites import SUITES, TIMED
 
 SUITES_FILE = REPO_ROOT / "experiments" / "llm_suites.yaml"
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
-SVD_MODES = ("whiten", "plain")
-FACTOR_MODES = ("load", "recompute")
 DECODE_MODES = ("eager", "compiled")
-GRID_KEYS = {"prefill": ("batch", "seq_len"), "decode": ("ctx", "gen", "batch")}
 ITER_KEYS = ("warmup", "iters", "trials")
 
 # (flag, config path, kind, help). kind: str | int | float | ints / strs (comma lists) | limit (int or "all")
 # | flag (no value)
 OPTIONS = [
-    ("--variant", "variant", "str", "model variant: baseline or palu"),
+    ("--variant", "variant", "str", "baseline, or a compression method (palu, asvd, or a registered plug-in)"),
     ("--model", "model", "str", "smollm2-135m, llama3-8b-shape, an HF id in the local cache, or a model folder"),
     ("--profile", "profile", "str", "profile of experiments/llm_suites.yaml (full, quick)"),
     ("--suites-file", "suites_file", "str", "suite YAML (default experiments/llm_suites.yaml)"),
@@ -43,18 +41,6 @@ OPTIONS = [
     ("--decode-batch", "decode.batch", "ints", "decode batch sizes"),
     ("--decode-mode", "decode.mode", "strs", "decode modes, each its own cells: eager (DynamicCache, plain "
                                              "forwards), compiled (StaticCache + torch.compile CUDA graphs)"),
-    ("--palu-ratio", "palu.ratio", "float", "PaLU: fraction of each group's rank kept, in (0, 1]"),
-    ("--palu-group-size", "palu.group_size", "int", "PaLU: KV heads per group; must divide the KV heads"),
-    ("--palu-ranks", "palu.ranks", "str", "PaLU: rank file (head_wise_ranks JSON) or a ratio dir to search"),
-    ("--palu-svd", "palu.svd", "str", "PaLU: whiten (default) or plain"),
-    ("--palu-rounding", "palu.rounding", "int", "PaLU: round ranks to a multiple of N (1 = none)"),
-    ("--palu-align", "palu.align", "int", "PaLU: pad physical dims to a multiple of N (1 = none)"),
-    ("--palu-factors", "palu.factors", "str", "PaLU: load (default: a PaLU dump's own K/V factors when --palu-ranks "
-                                              "holds its weights) or recompute"),
-    ("--palu-cache", "palu.cache", "str", "PaLU: full (K and V cached, PaLU's HF path) or latent (latents cached)"),
-    ("--palu-calib", "palu.calib", "str", "PaLU: calibration text: auto, wikitext2, or a text file"),
-    ("--palu-calib-samples", "palu.calib_samples", "int", "PaLU: calibration windows"),
-    ("--palu-calib-seq-len", "palu.calib_seq_len", "int", "PaLU: tokens per calibration window"),
     ("--ppl-corpus", "ppl.corpus", "str", "ppl: auto (WikiText-2 test if cached, else data/tiny_corpus.txt) or a text file"),
     ("--ppl-seq-len", "ppl.seq_len", "int", "ppl: tokens per window"),
     ("--ppl-stride", "ppl.stride", "int", "ppl: window stride (< seq len: sliding windows)"),
@@ -62,11 +48,16 @@ OPTIONS = [
     ("--limit", "lmeval.limit", "limit", "lmeval: first N documents per task, or all"),
     ("--fewshot", "lmeval.fewshot", "ints", "lmeval: few-shot counts, each its own cell, e.g. 0,1"),
     ("--tasks-path", "lmeval.tasks_path", "str", "lmeval: a folder of your own task YAMLs (searched recursively)"),
-    ("--baseline-run", "baseline_run", "str", "a baseline run dir to compare a palu run with, item by item"),
+    ("--baseline-run", "baseline_run", "str", "a baseline run dir to compare this run with, item by item"),
     ("--shard", "shard", "str", "i/N: run only slice i (0-based) of N of the selected cells, balanced by cost"),
     ("--check-only", "check_only", "flag", "check that every input (model, datasets, tasks, rank files) is found "
                                            "offline, name each, and stop: exit 0, or 1 if any would fall back"),
 ]
+
+
+def options():
+    """The one option table: the suite's own options, then every registered method's (--<method>-*)."""
+    return OPTIONS + method.option_rows()
 
 
 def option_dest(flag):
@@ -125,16 +116,16 @@ def resolve(given):
     profile = given.get("profile") or suites["defaults"]["profile"]
     if profile not in suites["profiles"]:
         raise UsageError(f"--profile: unknown profile {profile!r}; allowed: {', '.join(suites['profiles'])}")
-    cfg = _merge(suites["defaults"], suites["profiles"][profile])
+    cfg = _merge(_merge(method.defaults(), suites["defaults"]), suites["profiles"][profile])
     cfg["profile"] = profile
     cfg["suites_file"] = str(Path(given.get("suites_file") or SUITES_FILE).resolve())
-    for flag, path, kind, _ in OPTIONS:
+    for flag, path, kind, _ in options():
         raw = given.get(option_dest(flag))
         if raw is None or path in ("profile", "suites_file"):
             continue
         value = _parse(flag, kind, raw)
         if path in ITER_KEYS:
-            for suite in GRID_KEYS:
+            for suite in TIMED:
                 cfg[suite][path] = value
         else:
             _set(cfg, path, value)
@@ -161,7 +152,7 @@ def check_folder_name(flag, value):
 
 
 def _validate(cfg, models):
-    for flag, path, kind, _ in OPTIONS:
+    for flag, path, kind, _ in options():
         vals = _get(cfg, path)
         if kind in ("ints", "strs") and isinstance(vals, list) and len(set(vals)) < len(vals):
             repeated = sorted({v for v in vals if vals.count(v) > 1}, key=vals.index)
@@ -170,7 +161,8 @@ def _validate(cfg, models):
     check_folder_name("--exp-group", cfg["exp_group"])
     if cfg.get("run_id") is not None:
         check_folder_name("--run-id", cfg["run_id"])
-    _check_choice("--variant", cfg["variant"], VARIANTS)
+    method.get(cfg["variant"])
+    method.check_options(cfg)
     _check_choice("--dtype", cfg["dtype"], DTYPES)
     _check_choice("--device", cfg["device"], DEVICES)
     model = cfg["model"]
@@ -178,8 +170,8 @@ def _validate(cfg, models):
         raise UsageError(
             f"--model: unknown model {model!r}; allowed: {', '.join(models)}, "
             "an HF id (org/name) in the local HF cache, or a local model folder")
-    for suite, keys in GRID_KEYS.items():
-        for key in keys:
+    for suite in TIMED:
+        for key in SUITES[suite].grid:
             vals = cfg[suite][key]
             if not vals or any(not isinstance(v, int) or v <= 0 for v in vals):
                 flag = f"--{suite}-{key.replace('_', '-')}"
@@ -201,25 +193,14 @@ def _validate(cfg, models):
     if ppl["seq_len"] < 2 or (ppl["stride"] is not None and not 1 <= ppl["stride"] <= ppl["seq_len"]):
         raise UsageError(f"--ppl-seq-len/--ppl-stride: {ppl['seq_len']}/{ppl['stride']} is not allowed; "
                          "seq len >= 2 and 1 <= stride <= seq len")
-    for flag, choice in (("--ppl-corpus", ppl["corpus"]), ("--palu-calib", cfg["palu"]["calib"])):
-        if choice not in ("auto", "wikitext2") and not os.path.isfile(choice):
-            raise UsageError(f"{flag}: {choice!r} is not a file; allowed: auto, wikitext2, or a text file")
+    if ppl["corpus"] not in ("auto", "wikitext2") and not os.path.isfile(ppl["corpus"]):
+        raise UsageError(f"--ppl-corpus: {ppl['corpus']!r} is not a file; allowed: auto, wikitext2, or a text file")
     if cfg["lmeval"]["tasks_path"] and not os.path.isdir(cfg["lmeval"]["tasks_path"]):
         raise UsageError(f"--tasks-path: {cfg['lmeval']['tasks_path']!r} is not a folder")
     if cfg["baseline_run"] and not os.path.isfile(os.path.join(cfg["baseline_run"], "raw.json")):
         raise UsageError(f"--baseline-run: {cfg['baseline_run']!r} holds no raw.json; allowed: a baseline run dir")
     if cfg.get("shard") is not None:
         cfg["shard"] = parse_shard(cfg["shard"])
-    p = cfg["palu"]
-    if not 0 < p["ratio"] <= 1:
-        raise UsageError(f"--palu-ratio: {p['ratio']} is not allowed; it must be in (0, 1]")
-    _check_choice("--palu-svd", p["svd"], SVD_MODES)
-    _check_choice("--palu-cache", p["cache"], ("full", "latent"))
-    _check_choice("--palu-factors", p["factors"], FACTOR_MODES)
-    for key in ("group_size", "rounding", "align", "calib_samples", "calib_seq_len"):
-        if p[key] < 1:
-            raise UsageError(f"--palu-{key.replace('_', '-')}: {p[key]} is not allowed; it must be >= 1")
-
 
 def check_lengths(cfg, max_positions, suites, synthetic=False):
     """A cell longer than the model's context is a usage error, not an OOM or silent garbage.
@@ -238,20 +219,6 @@ def check_lengths(cfg, max_positions, suites, synthetic=False):
                              f"allowed: at most {max_positions}")
 
 
-def grid_cells(cfg, suite):
-    """(test id, params) for every cell of a suite, in the YAML's order."""
-    g = cfg[suite]
-    if suite == "ppl":
-        return [(f"S{g['seq_len']}" + (f"-stride{g['stride']}" if g["stride"] else ""), dict(g))]
-    if suite == "lmeval":
-        return [(f"{t}-{k}shot", {"task": t, "fewshot": k}) for t in g["tasks"] for k in g["fewshot"]]
-    if suite == "prefill":
-        return [(f"B{b}-S{s}", {"batch": b, "seq_len": s}) for b in g["batch"] for s in g["seq_len"]]
-    # eager cells keep their plain ids, so runs from before the decode modes still compare
-    return [(f"B{b}-ctx{c}-gen{n}" + ("" if m == "eager" else f"-{m}"), {"batch": b, "ctx": c, "gen": n, "mode": m})
-            for m in g["mode"] for b in g["batch"] for c in g["ctx"] for n in g["gen"]]
-
-
 def parse_shard(text):
     try:
         i, n = (int(v) for v in str(text).split("/"))
@@ -260,17 +227,6 @@ def parse_shard(text):
     if n < 1 or not 0 <= i < n:
         raise UsageError(f"--shard: {text!r} is not allowed; allowed: i/N with N >= 1 and 0 <= i < N, e.g. 0/2")
     return [i, n]
-
-
-def cell_cost(suite, params):
-    """Expected cost of a cell, for balancing shards: tokens pushed through the model per iteration;
-    a decode step is launch-bound, so it weighs like a fixed-size forward per token."""
-    if suite == "prefill":
-        return params["batch"] * params["seq_len"]
-    if suite == "decode":
-        launch = 256 if params.get("mode", "eager") == "eager" else 64
-        return params["gen"] * (launch + params["batch"] * params["ctx"] // 8)
-    return 10 ** 6
 
 
 def shard_cells(costs, n):

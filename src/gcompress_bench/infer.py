@@ -9,10 +9,10 @@ the end of the generation. Two decode modes run the same loop:
   with CUDA graphs (mode reduce-overhead), so a step is one graph replay and the GPU's work
   dominates. The prompt is prefilled eagerly, as HF does. torch's automatic dynamic shapes keep
   a grid to three graphs: the first cell's, one dynamic in the cache length, one dynamic in the
-  batch (measured on an H200: 35, 42 and 68 s; dynamic=True from the start compiled a single
-  graph in 108-141 s, so it saves nothing). CUDA graphs are still recorded per shape. Compilation
-  and recording happen in one extra generation per cell before the warm-up, and are recorded,
-  not measured.
+  batch; dynamic=True from the start compiles one graph about as slowly as those three together,
+  so it saves nothing (docs/PERFORMANCE.md, design notes). CUDA graphs are still recorded per
+  shape. Compilation and recording happen in one extra generation per cell before the warm-up,
+  and are recorded, not measured.
 """
 import inspect
 import time

@@ -27,9 +27,9 @@ def grouped_decode_attention(q, k, v, mask, scale):
     additive, or None. Scores and softmax in fp32. Returns (b, H, Dv).
 
     The query heads sharing a KV head are the rows of one small product, and a group's heads
-    multiply the V latent they share, so each cached position is read once. The first version
-    repeated the rebuilt K per query head and expanded the V latent to every head before SDPA:
-    a compiled step on an H200 at B1 took 24 ms at ctx 4096 and 150 ms at 32768, now 7.8 and 15.0."""
+    multiply the V latent they share, so each cached position is read once. Repeating the rebuilt
+    K per query head and expanding the V latent to every head before SDPA reads each position many
+    times over, which dominates long-context decode (docs/PERFORMANCE.md, design notes)."""
     b, h, _, d = q.shape
     hk, t = k.shape[1], k.shape[2]
     scores = (q.reshape(b, hk, h // hk, d) @ k.transpose(-1, -2)).float() * scale     # (b, Hk, H/Hk, T)
@@ -110,11 +110,9 @@ class LatentAttention(nn.Module):
         return self.o_proj(out), None
 
 
-def check_supported(config, name, variant):
+def check_supported(config, name):
     """Checked at session start, from the config alone: one line naming everything missing."""
     missing = []
-    if variant != "palu":
-        missing.append("PaLU-factored k_proj/v_proj (use --variant palu)")
     if config.model_type != "llama":
         missing.append(f"a Llama-architecture model (model_type is {config.model_type!r})")
     if getattr(config, "attention_bias", False):

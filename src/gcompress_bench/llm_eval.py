@@ -1,4 +1,4 @@
-"""python -m gcompress_bench.llm_eval --variant {baseline,palu} --suite {ppl,lmeval} --tasks piqa,hellaswag --limit 200 --out <dir>"""
+"""python -m gcompress_bench.llm_eval --variant {baseline,METHOD} --suite {ppl,lmeval} --tasks piqa,hellaswag --limit 200 --out <dir>"""
 import sys
 
 from .cli import run

@@ -1,4 +1,4 @@
-"""python -m gcompress_bench.llm_run --variant {baseline,palu} --suite infer_sweep --out <dir>"""
+"""python -m gcompress_bench.llm_run --variant {baseline,METHOD} --suite infer_sweep --out <dir>"""
 import sys
 
 from .cli import run

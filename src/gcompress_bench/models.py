@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import REPO_ROOT, UsageError, cache
-from .roofline import weight_bytes
+from .roofline import head_dim, weight_bytes
 
 CACHE_ROOT = Path(os.environ.get("GCOMPRESS_CACHE", Path.home() / ".cache" / "gcompress_bench"))
 SYNTHETIC_STAMP = "synthetic weights"
@@ -31,6 +31,10 @@ class ModelSpec:
     config: object = field(repr=False)
     revision: str = None  # the HF snapshot (commit) an HF id resolved to
     cache: str = None     # the suite's own model cache: hit, built, or rebuilt (and why)
+    canonical: str = None  # the model's own name (the HF repo's), as method output dirs carry it
+
+    def __post_init__(self):
+        self.canonical = self.canonical or self.name.rstrip("/").split("/")[-1]
 
     @property
     def synthetic(self):
@@ -58,7 +62,7 @@ class LoadedModel:
             "weight_bytes": weight_bytes(self.model), "load_s": round(self.load_s, 3),
             "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
             "heads": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads,
-            "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+            "head_dim": head_dim(cfg),
             "max_positions": cfg.max_position_embeddings,
         }
 
@@ -69,15 +73,20 @@ def resolve(name, registry):
     if entry and entry["kind"] == "gguf_package":
         folder = CACHE_ROOT / "models" / name
         how = cache.entry(folder, lambda tmp: _export_gguf(name, entry, tmp))
-        return ModelSpec(name, "gguf_package", str(folder), _config(name, folder), cache=how)
+        return ModelSpec(name, "gguf_package", str(folder), _config(name, folder), cache=how,
+                         canonical=_canonical(entry))
     if entry and entry["kind"] == "synthetic":
         path = REPO_ROOT / entry["config"]
-        return ModelSpec(name, "synthetic", str(path), _config_from_file(path))
+        return ModelSpec(name, "synthetic", str(path), _config_from_file(path), canonical=_canonical(entry))
     if os.path.isdir(name):
         folder = _checked_folder(name, os.path.abspath(name), f"--model: the folder {os.path.abspath(name)}")
         return ModelSpec(name, "hf", folder, _config(name, folder))
     folder = _cached_hf_snapshot(name)
     return ModelSpec(name, "hf", folder, _config(name, folder), revision=os.path.basename(folder))
+
+
+def _canonical(entry):
+    return entry["hf_name"].split("/")[-1] if entry.get("hf_name") else None
 
 
 def _config(name, folder):

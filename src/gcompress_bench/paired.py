@@ -1,4 +1,5 @@
-"""Paired comparison of a palu run with a baseline run: is a delta more than noise?"""
+"""Paired comparison of a candidate run with a reference run (a compressed model with its baseline):
+is a delta more than noise?"""
 from math import comb
 
 from . import UsageError
@@ -44,7 +45,7 @@ def compare_cells(base, cells):
             continue
         if rec["suite"] == "ppl":
             same = ref["window_starts"] == rec["window_starts"] and ref["sha256"] == rec["sha256"]
-            out[cid] = {"ppl_baseline": ref["ppl"], "ppl": rec["ppl"], "ppl_ratio": rec["ppl"] / ref["ppl"],
+            out[cid] = {"ppl_reference": ref["ppl"], "ppl": rec["ppl"], "ppl_ratio": rec["ppl"] / ref["ppl"],
                         "same_windows": same}
         elif rec["suite"] == "lmeval":
             mine = {i["doc_id"]: i for i in rec["items"]}
@@ -54,8 +55,8 @@ def compare_cells(base, cells):
                 a = [ref_i[metric] for ref_i in ref["items"] if ref_i["doc_id"] in mine]
                 b = [mine[d][metric] for d in docs]
                 only_base, only_other, p = mcnemar_exact(a, b)
-                cell[metric] = {"baseline": sum(a) / len(a), "palu": sum(b) / len(b),
-                                "diff": (sum(b) - sum(a)) / len(a), "only_baseline_right": only_base,
-                                "only_palu_right": only_other, "mcnemar_p": p}
+                cell[metric] = {"reference": sum(a) / len(a), "candidate": sum(b) / len(b),
+                                "diff": (sum(b) - sum(a)) / len(a), "only_reference_right": only_base,
+                                "only_candidate_right": only_other, "mcnemar_p": p}
             out[cid] = cell
     return out

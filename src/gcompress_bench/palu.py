@@ -16,13 +16,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import REPO_ROOT, UsageError, cache, models
+from . import UsageError, cache, calibration, latent, models, roofline
+from .method import CompressionFailed, Method, Option, register
 from .models import CACHE_ROOT
-from .ppl import CORPUS_CHOICES, cached_wikitext2, read_text_file
+from .report import num as report_num
 
 PROJS = ("k_proj", "v_proj")
-CALIB_TEXT = REPO_ROOT / "data" / "calibration.txt"
-PROBE_TOKENS = 256           # enough positions that top-1 agreement moves in steps of 0.4%, not 1.6%
 EFFECTIVE_TOLERANCE = 0.05   # |ranks kept - ratio| above this is called out (PaLU's rounding to 32 moves 0.7 to 0.6875)
 RATIO_DIR_NAME = re.compile(r"^(?P<model>.+?)_ratio-(?P<ratio>[0-9.]+)_gs-(?P<gs>\d+)(?:-(?P<method>.+))?$")
 
@@ -46,9 +45,7 @@ class PaluLinear(nn.Module):
 # ---------------------------------------------------------------- rank allocation
 
 def geometry(config):
-    heads, kv = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return heads, kv, head_dim
+    return config.num_attention_heads, config.num_key_value_heads, roofline.head_dim(config)
 
 
 def check_group_size(config, gs, model_name):
@@ -148,29 +145,6 @@ def allocate(pcfg, config, model_name, palu_name):
     return ranks, info
 
 
-class CompressionFailed(Exception):
-    """A compression no cell may measure: the run stops, and says why (with the facts, when there are some)."""
-
-    def __init__(self, why, facts=None):
-        super().__init__(why)
-        self.facts = facts
-
-
-@dataclass
-class Plan:
-    """Everything decided before weights load: ranks, where they came from, and the calibration windows."""
-    ranks: dict
-    rank_info: dict
-    calibration: tuple = None   # (token ids, facts) when the factors are whitened here
-
-
-def plan(pcfg, spec, model_name, palu_name, tokenizer):
-    """Every check that can run before weights load: group size, rank files, dumps, calibration text."""
-    ranks, info = allocate(pcfg, spec.config, model_name, palu_name)
-    whiten_here = pcfg["svd"] == "whiten" and not info.get("factors_from")
-    return Plan(ranks, info, calibration_ids(tokenizer, spec.config, pcfg) if whiten_here else None)
-
-
 # ---------------------------------------------------------------- PaLU's dumped checkpoints
 
 def dump_weight_files(folder):
@@ -232,33 +206,6 @@ def padded(r, align):
 
 
 # ---------------------------------------------------------------- calibration and factorization
-
-def calibration_ids(tokenizer, config, pcfg):
-    """Token windows for the Gram matrices, (n, t) exactly as asked: never the perplexity evaluation text."""
-    n, t = pcfg["calib_samples"], pcfg["calib_seq_len"]
-    if tokenizer is None:
-        ids = torch.randint(0, config.vocab_size, (n, t), generator=torch.Generator().manual_seed(0))
-        return ids, {"source": "random tokens (model has no tokenizer)", "sha256": None}
-    text, source = calibration_text(pcfg["calib"])
-    tokens = tokenizer(text, return_tensors="pt").input_ids[0]
-    if len(tokens) < n * t:
-        raise UsageError(f"--palu-calib: {source} has {len(tokens)} tokens, fewer than the {n} x {t} = {n * t} that "
-                         "--palu-calib-samples and --palu-calib-seq-len ask for; allowed: a longer text or fewer samples")
-    return tokens[: n * t].view(n, t), {"source": source, "sha256": hashlib.sha256(text.encode()).hexdigest()}
-
-
-def calibration_text(choice):
-    """(text, source): WikiText-2 train from the local HF datasets cache, the project's calibration text,
-    or a user's file."""
-    if choice in ("auto", "wikitext2"):
-        text, note = cached_wikitext2("train")
-        if text is not None:
-            return text, note
-        if choice == "wikitext2":
-            raise UsageError(f"--palu-calib: WikiText-2 train is not in the local HF datasets cache ({note})")
-        return CALIB_TEXT.read_text(), f"{CALIB_TEXT.relative_to(REPO_ROOT)} (FALLBACK: WikiText-2 train not in the HF cache)"
-    return read_text_file("--palu-calib", choice, CORPUS_CHOICES), choice
-
 
 @torch.inference_mode()
 def gram_matrices(lm, ids):
@@ -357,7 +304,7 @@ def _calibrate(lm, ids):
 
 @torch.inference_mode()
 def compress(lm, plan, pcfg, progress=lambda line: None):
-    """Replace k_proj/v_proj in place; returns the facts recorded in config.json and run_summary.md.
+    """Replace k_proj/v_proj in place; returns the facts recorded with the run.
     The factors are PaLU's own when the plan names a dump to load them from, else computed here."""
     t0 = time.perf_counter()
     ranks, rank_info = plan.ranks, plan.rank_info
@@ -367,8 +314,8 @@ def compress(lm, plan, pcfg, progress=lambda line: None):
     config = lm.spec.config
     _, kv, hd = geometry(config)
     gs, align = pcfg["group_size"], pcfg["align"]
-    probe = _probe_ids(lm)
-    before = lm.model(input_ids=probe, use_cache=False).logits.float()
+    probe = calibration.probe_ids(lm)
+    before = calibration.probe_logits(lm, probe)
     dump = rank_info.get("factors_from")
     if dump:
         progress(f"palu: loading K/V factors from {dump['dir']}")
@@ -408,18 +355,18 @@ def compress(lm, plan, pcfg, progress=lambda line: None):
             modules[name] = {"logical": logical, "physical": phys, "weight_rel_err": w_err,
                              "activation_rel_err": a_err or None}
         progress(f"palu: layer {i + 1}/{len(layers)} factored ({time.perf_counter() - t0:.1f} s)")
-    after = lm.model(input_ids=probe, use_cache=False).logits.float()
     facts = summarize_ranks(modules, config, gs, hd)
     facts.update(rank_info=rank_info, factors=factors, svd=pcfg["svd"], ratio=pcfg["ratio"], group_size=gs,
                  cache=pcfg["cache"], rounding=pcfg["rounding"], align=align, calibration=calib, modules=modules,
                  compress_s=round(time.perf_counter() - t0, 3),
                  memory={"peak_allocated_bytes": torch.cuda.max_memory_allocated(lm.device) if cuda else None,
                          "peak_reserved_bytes": torch.cuda.max_memory_reserved(lm.device) if cuda else None},
-                 verification=_verify(lm, before, after, probe))
+                 verification=calibration.compare(lm, before, probe))
     facts["headline"] = headline(facts)
     progress(f"palu: {facts['headline']}; {factors}; top-1 agreement on the probe "
              f"{facts['verification']['top1_agreement']:.3f} ({facts['compress_s']} s)")
-    broken = verification_problem(facts, lm.spec.synthetic)
+    broken = calibration.broken(facts["verification"], 1 - facts["kv_compression_logical"],
+                                AGREEMENT_MEASURED[pcfg["svd"]], f"{pcfg['svd']} SVD ({factors})", lm.spec.synthetic)
     if broken:
         raise CompressionFailed(f"verification: {broken}", facts)
     return facts
@@ -427,31 +374,14 @@ def compress(lm, plan, pcfg, progress=lambda line: None):
 
 # Top-1 agreement with the uncompressed model on the probe, by fraction of rank kept: the lowest measured
 # over group sizes 1 and 3 on SmolLM2-135M (fp32, CPU; docs/QUALITY.md). A compression below half of
-# that is broken (corrupt or mismatched factors), not lossy, and its run stops before any cell.
+# that is broken (corrupt or mismatched factors), not lossy, and its run stops before any cell
+# (calibration.broken).
 AGREEMENT_MEASURED = {
     "whiten": {0.1: 0.238, 0.2: 0.270, 0.3: 0.316, 0.4: 0.441, 0.5: 0.555, 0.6: 0.656, 0.7: 0.688, 0.8: 0.734,
                0.9: 0.762, 1.0: 1.0},
     "plain": {0.1: 0.043, 0.2: 0.016, 0.3: 0.020, 0.4: 0.016, 0.5: 0.020, 0.6: 0.023, 0.7: 0.027, 0.8: 0.020,
               0.9: 0.023, 1.0: 1.0},
 }
-
-
-def verification_problem(facts, synthetic):
-    """Why the compressed model must not be measured, or None. Random weights have no agreement to keep."""
-    v = facts["verification"]
-    if not v["finite_logits"]:
-        return "the compressed model's logits on the probe are not finite"
-    if synthetic:
-        return None
-    kept = 1 - facts["kv_compression_logical"]
-    table = AGREEMENT_MEASURED[facts["svd"]]
-    at = max((r for r in table if r <= kept + 1e-9), default=min(table))
-    floor = table[at] / 2
-    if v["top1_agreement"] < floor:
-        return (f"top-1 agreement with the uncompressed model is {v['top1_agreement']:.3f} on {v['probe_tokens']} "
-                f"probe tokens, below {floor:.3f}, half of the lowest measured at {at:.0%} of rank kept with "
-                f"{facts['svd']} SVD: the factors are broken, not merely lossy ({facts['factors']})")
-    return None
 
 
 def headline(facts):
@@ -486,24 +416,91 @@ def summarize_ranks(modules, config, gs, hd):
     }
 
 
-def _probe_ids(lm):
-    if lm.tokenizer is None:
-        return torch.randint(0, lm.spec.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(7)
-                             ).to(lm.device)
-    text = CALIB_TEXT.read_text()[:6000]
-    return lm.tokenizer(text, return_tensors="pt").input_ids[:, :PROBE_TOKENS].to(lm.device)
+def _markdown(p):
+    """The facts of one compression, for run summaries and comparisons."""
+    v = p["verification"]
+    calib = p["calibration"] or {}
+    errs = [e for m in p["modules"].values() for e in (m["activation_rel_err"] or m["weight_rel_err"])]
+    finite = [e for e in errs if e is not None]   # a non-finite number is stored as null
+    kind = "activation-weighted" if p["svd"] == "whiten" else "weight"
+    ranks = sorted({r for m in p["modules"].values() for r in m["logical"]})
+    phys = sorted({r for m in p["modules"].values() for r in m["physical"]})
+    return ["", "## PaLU compression", "",
+            f"- ratio {p['ratio']}, group size {p['group_size']} ({p['groups_per_module']} groups/module, "
+            f"full rank {p['group_full_rank']}), SVD {p['svd']}, rounding {p['rounding']}, align {p['align']}",
+            f"- {headline(p)}",
+            f"- ranks from: {p['rank_info'].get('chosen') or p['rank_info'].get('path') or p['rank_info']['source']}; "
+            f"factors {p.get('factors', 'recomputed')}",
+            f"- logical ranks {ranks}, physical ranks {phys}; aligned share (physical) {p['aligned_share']}",
+            f"- KV compression 1 - sum(r)/sum(gs*head_dim): logical {p['kv_compression_logical']:.4f}, "
+            f"physical {p['kv_compression_physical']:.4f}; latent values/token {p['latent_values_per_token']} "
+            f"vs {p['kv_values_per_token_baseline']} K+V values/token in the baseline",
+            f"- factor params {p['factor_params']:,} vs original {p['original_params']:,} "
+            f"({p['factor_param_ratio']:.3f}x)",
+            f"- calibration: {calib.get('source', 'none (plain SVD)')}, {calib.get('windows', '-')} x "
+            f"{calib.get('seq_len', '-')} tokens, sha256 {calib.get('sha256')}, cache hit {calib.get('cache_hit')}",
+            f"- {kind} relative error per group: mean {report_num(sum(finite) / len(finite) if finite else None)}, max "
+            f"{report_num(max(finite, default=None))}" + (f" ({len(errs) - len(finite)} not finite)" if finite != errs else ""),
+            f"- verification on {v['probe_tokens']} probe tokens: max |logit diff| {report_num(v['max_abs_logit_diff'])}, "
+            f"mean {report_num(v['mean_abs_logit_diff'])}, top-1 agreement {report_num(v['top1_agreement'], 3)}",
+            f"- greedy generation after compression: {v['generation']!r}",
+            f"- compression took {p['compress_s']} s",
+            f"- KV cache: the latents (physical ranks): {1 - p['kv_compression_physical']:.4f} of the baseline's "
+            "K/V bytes; K rebuilt with RoPE at attention, V folded into o_proj" if p.get("cache") == "latent" else
+            "- KV cache: this path keeps full reconstructed K and V in the cache (PaLU's HF path): "
+            "no KV memory is saved here"]
 
 
-def _verify(lm, before, after, probe):
-    """Logit drift on a fixed probe, plus a short greedy generation that shows the model still speaks."""
-    diff = (after - before).abs()
-    if lm.tokenizer is not None:
-        prompt = lm.tokenizer("The capital of France is", return_tensors="pt").input_ids.to(lm.device)
-    else:
-        prompt = probe[:1, :8]
-    out = lm.model.generate(prompt, max_new_tokens=16, do_sample=False, pad_token_id=0)[0, prompt.shape[1]:]
-    return {"probe_tokens": int(probe.numel()), "finite_logits": bool(torch.isfinite(after).all()),
-            "max_abs_logit_diff": diff.max().item(),
-            "mean_abs_logit_diff": diff.mean().item(),
-            "top1_agreement": (after.argmax(-1) == before.argmax(-1)).float().mean().item(),
-            "generation": lm.tokenizer.decode(out) if lm.tokenizer is not None else out.tolist()}
+@dataclass
+class Plan:
+    """Everything decided before weights load: ranks, where they came from, and the calibration windows."""
+    ranks: dict
+    rank_info: dict
+    calibration: tuple = None   # (token ids, facts) when the factors are whitened here
+
+
+class Palu(Method):
+    name = "palu"
+    description = "PaLU: group-head low-rank K/V projections (G-LRD), whitened SVD"
+    options = (
+        Option("ratio", "float", 0.7, "fraction of each group's rank kept", minimum=0, maximum=1,
+               exclusive_minimum=True),
+        Option("group_size", "int", 4, "KV heads per group; must divide the KV and attention heads", minimum=1),
+        Option("ranks", "str", None, "a rank file (head_wise_ranks JSON), a PaLU dump dir, or a ratio dir to search"),
+        Option("factors", "str", "load", "load (a PaLU dump's own K/V factors, when --palu-ranks holds its weights) "
+                                         "or recompute", choices=("load", "recompute")),
+        Option("svd", "str", "whiten", "whiten (SVD-LLM style, PaLU's default) or plain", choices=("whiten", "plain")),
+        Option("rounding", "int", 32, "ranks rounded to a multiple of N (PaLU's rule; 1 = none)", minimum=1),
+        Option("align", "int", 1, "physical dims padded with zeros to a multiple of N (1 = none)", minimum=1),
+        Option("cache", "str", "full", "full (K and V cached, PaLU's HF path) or latent (the latents cached)",
+               choices=("full", "latent")),
+        *calibration.OPTIONS,
+    )
+    headline = staticmethod(headline)
+    markdown = staticmethod(_markdown)
+
+    def plan(self, opts, spec, tokenizer):
+        if opts["cache"] == "latent":
+            latent.check_supported(spec.config, spec.name)
+        ranks, info = allocate(opts, spec.config, spec.name, spec.canonical)
+        whiten_here = opts["svd"] == "whiten" and not info.get("factors_from")
+        return Plan(ranks, info, calibration.windows(tokenizer, spec.config, opts, self.name) if whiten_here else None)
+
+    def apply(self, lm, plan, opts, progress):
+        facts = compress(lm, plan, opts, progress)
+        if opts["cache"] == "latent":
+            latent.enable(lm)
+        return facts
+
+
+    def inputs(self, plan):
+        info = plan.rank_info
+        out = {"palu ranks": info.get("chosen") or info.get("path") or info["source"]}
+        if info.get("factors_from"):
+            out["palu factors"] = f"loaded from {info['factors_from']['dir']}"
+        elif plan.calibration:
+            out["palu calibration"] = plan.calibration[1]["source"]
+        return out
+
+
+register(Palu())

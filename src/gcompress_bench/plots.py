@@ -1,12 +1,13 @@
-"""Figures from summary cells. Every function takes `series` = {variant: {cell id: summary cell}}, so one
-run and a baseline-vs-palu comparison draw through the same code; each returns the Figure (tests read
-its data) and `save` writes it as a PNG."""
+"""Figures from summary cells. Every function takes `series` = {label: {cell id: summary cell}}, so one
+run and a comparison of any number of columns draw through the same code; each returns the Figure
+(tests read its data) and `save` writes it as a PNG."""
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-STYLE = {"baseline": "-", "palu": "--"}
+STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1)))
+MAX_SERIES = 6   # per panel: more lines than this are not readable, so they go to another row of panels
 
 
 def _ok(cells, suite):
@@ -19,29 +20,42 @@ def _group(c, split):
     return (p["batch"],) + tuple(p.get(k, "eager" if k == "mode" else None) for k in split)
 
 
+def _chunks(names):
+    """The first series (the reference) in every chunk, then at most MAX_SERIES - 1 others each."""
+    first, rest = names[:1], names[1:]
+    return [first + rest[i:i + MAX_SERIES - 1] for i in range(0, max(len(rest), 1), MAX_SERIES - 1)]
+
+
 def _line_per_batch(series, suite, x_key, metric, title, xlabel, ylabel, split=()):
-    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    """One panel per (B, *split), one line per series (colour and dash fixed per series across panels)."""
+    names = list(series)
     groups = sorted({_group(c, split) for cells in series.values() for c in _ok(cells, suite)})
-    color = {g: f"C{i}" for i, g in enumerate(groups)}   # one colour per (B, *split) across variants
-    xs_all, k, n = set(), 0, len(groups) * len(series)
-    for variant, cells in series.items():
-        ok = _ok(cells, suite)
-        for group in sorted({_group(c, split) for c in ok}):
-            pts = sorted((c["params"][x_key], c["stats_ms"][metric]) for c in ok if _group(c, split) == group)
-            label = f"{variant} B={group[0]}" + "".join(f" {k_}={v}" for k_, v in zip(split, group[1:]))
-            xs_all.update(x for x, _ in pts)
-            dodge = 1 + 0.025 * (k - (n - 1) / 2)   # side by side, so the p90 bars do not hide each other
-            k += 1
-            ax.errorbar([x * dodge for x, _ in pts], [s["p50"] for _, s in pts],
-                        yerr=[[0] * len(pts), [s["p90"] - s["p50"] for _, s in pts]], color=color[group],
-                        linestyle=STYLE.get(variant, ":"), marker="o", capsize=3, label=label)
-    ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.set_xticks(sorted(xs_all), [str(x) for x in sorted(xs_all)])
-    if xs_all:   # room for the dodged series, also when the grid has a single x
-        ax.set_xlim(min(xs_all) / 1.4, max(xs_all) * 1.4)
-    ax.minorticks_off()
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.grid(alpha=0.3)
+    rows = _chunks(names)
+    fig, axes = plt.subplots(len(rows), max(len(groups), 1), figsize=(4.2 * max(len(groups), 1) + 2, 3.6 * len(rows)),
+                             squeeze=False)
+    for row, chunk in zip(axes, rows):
+        for ax, group in zip(row, groups):
+            xs_all = set()
+            for k, name in enumerate(chunk):
+                i = names.index(name)
+                ok = [c for c in _ok(series[name], suite) if _group(c, split) == group]
+                pts = sorted((c["params"][x_key], c["stats_ms"][metric]) for c in ok)
+                if not pts:
+                    continue
+                xs_all.update(x for x, _ in pts)
+                dodge = 1 + 0.03 * (k - (len(chunk) - 1) / 2)   # side by side, so the p90 bars do not hide each other
+                ax.errorbar([x * dodge for x, _ in pts], [s["p50"] for _, s in pts],
+                            yerr=[[0] * len(pts), [s["p90"] - s["p50"] for _, s in pts]], color=f"C{i}",
+                            linestyle=STYLES[i % len(STYLES)], marker="o", capsize=3, label=name)
+            ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel,
+                   title=f"B={group[0]}" + "".join(f", {k_}={v}" for k_, v in zip(split, group[1:])))
+            ax.set_xticks(sorted(xs_all), [str(x) for x in sorted(xs_all)])
+            if xs_all:   # room for the dodged series, also when the grid has a single x
+                ax.set_xlim(min(xs_all) / 1.4, max(xs_all) * 1.4)
+            ax.minorticks_off()
+            ax.grid(alpha=0.3)
+        row[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -56,22 +70,26 @@ def decode_latency(series, model):
                            "context length (tokens)", "ms per token", split=("gen", "mode"))
 
 
-def speedup_heatmap(rows, cols, values, title, row_label, col_label):
-    """values[(row, col)] = baseline p50 / palu p50 (None: missing on a side)."""
+def speedup_heatmaps(values, title, row_label, col_label):
+    """One heatmap per candidate: values = {label: {(row, col): reference p50 / candidate p50 or None}}."""
     import numpy as np
-    grid = np.array([[values.get((r, c)) if values.get((r, c)) is not None else np.nan for c in cols] for r in rows],
-                    dtype=float)
-    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2.5, 0.8 * len(rows) + 2))
-    im = ax.imshow(grid, cmap="RdYlGn", vmin=0.5, vmax=1.5)
-    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
-    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
-    for i in range(len(rows)):
-        for j in range(len(cols)):
-            ax.text(j, i, "missing" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}x", ha="center", va="center",
-                    fontsize=8)
-    ax.set(xlabel=col_label, ylabel=row_label, title=title)
-    fig.colorbar(im, ax=ax, label="speedup (baseline p50 / palu p50)")
-    fig.tight_layout()
+    rows = sorted({r for v in values.values() for r, _ in v})
+    cols = sorted({c for v in values.values() for _, c in v})
+    fig, axes = plt.subplots(1, len(values), figsize=(len(values) * (1.2 * len(cols) + 2.5), 0.8 * len(rows) + 2.2),
+                             squeeze=False)
+    for ax, (label, vals) in zip(axes[0], values.items()):
+        grid = np.array([[vals.get((r, c)) if vals.get((r, c)) is not None else np.nan for c in cols] for r in rows],
+                        dtype=float)
+        im = ax.imshow(grid, cmap="RdYlGn", vmin=0.5, vmax=1.5)
+        ax.set_xticks(range(len(cols)), [str(c) for c in cols], rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                ax.text(j, i, "missing" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}x", ha="center", va="center",
+                        fontsize=8)
+        ax.set(xlabel=col_label, ylabel=row_label, title=label)
+    fig.colorbar(im, ax=list(axes[0]), label="speedup (reference p50 / candidate p50)")
+    fig.suptitle(title)
     return fig
 
 
@@ -117,14 +135,17 @@ def _bars(ax, labels, bars, title, ylabel, errors=None):
 
 def distribution(samples, title, ylabel):
     """samples = {series name: flat list of ms}: a box plot of the raw samples of one cell."""
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(samples)), 4.5))
     ax.boxplot(list(samples.values()), tick_labels=list(samples), showfliers=True)
+    ax.tick_params(axis="x", labelrotation=20)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
     ax.set(title=title, ylabel=ylabel)
     fig.tight_layout()
     return fig
 
 
 def save(fig, path):
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path.name

@@ -93,6 +93,11 @@ class RawLog:
         self.data = {"schema": SCHEMA, **header, "cells": {}}
         write_json(self.path, self.data)
 
+    def set(self, **facts):
+        """Facts measured about the run as a whole (the model's, the method's), beside its cells."""
+        self.data.update(facts)
+        write_json(self.path, self.data)
+
     def add(self, cell_id, record):
         self.data["cells"][cell_id] = record
         self.data["updated_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

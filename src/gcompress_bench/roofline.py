@@ -53,13 +53,17 @@ def weight_bytes(model, decode_step=False):
     return sum(p.numel() * p.element_size() for p in params.values())
 
 
+def head_dim(config):
+    """The attention head width: the config's own, else hidden / heads (configs that predate the field)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def prefill_flops(model, batch, seq_len):
     """2 FLOPs per layer weight per token, the output projection for the last position only
     (logits_to_keep=1), and causal attention: QK^T and PV over half the S x S square per head."""
     cfg = model.config
     layer_params = sum(p.numel() for layer in model.model.layers for p in layer.parameters() if p.dim() > 1)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    attention = 2 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * seq_len ** 2
+    attention = 2 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim(cfg) * seq_len ** 2
     return batch * (2 * layer_params * seq_len + 2 * cfg.vocab_size * cfg.hidden_size + attention)
 
 

@@ -1,7 +1,7 @@
 """The clock: CUDA events recorded in-stream, read after one host synchronization per region.
 
-Synchronizing after every step would time the host round trip too (measured on an H200: an
-18 ms eager decode step read 68 ms that way), so marks are only recorded inside a region.
+Synchronizing after every step would time the host round trip too, several times a step's own
+length (docs/PERFORMANCE.md, design notes), so marks are only recorded inside a region.
 Without CUDA the same interface uses a monotonic host clock.
 """
 import time

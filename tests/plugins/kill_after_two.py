@@ -4,6 +4,9 @@ import os
 import signal
 
 _done = 0
+# a process started in the background by a non-interactive shell inherits SIGINT ignored, and Python then
+# installs no KeyboardInterrupt handler; a terminal's Ctrl-C always has one, so this test gives it one too
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_runtest_logfinish(nodeid, location):

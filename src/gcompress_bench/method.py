@@ -1,0 +1,136 @@
+"""Compression methods as plug-ins: one registry, one interface.
+
+A method has four parts, in the spirit of gpt-fast's quantization handlers and lm-eval's task
+registry:
+  - options: they join the suite's one option table as `--<name>-<option>`, with their defaults;
+    a profile in experiments/llm_suites.yaml may override them under a `<name>:` section;
+  - plan(opts, spec, tokenizer): every check that can run before weights load (it raises
+    UsageError) and whatever apply needs from them (ranks, calibration windows);
+  - apply(lm, plan, opts, progress): transforms the loaded model in place and returns its facts,
+    or raises CompressionFailed when no cell may measure the result;
+  - markdown(facts) and headline(facts): the facts in run summaries and comparisons.
+
+A method is named in one place, its registration: `register(...)` at the end of its module. The
+built-in modules are listed in BUILTIN; more are imported from the comma-separated module names in
+GCOMPRESS_METHODS (what a plug-in package or a test sets), before any option is read.
+"""
+import importlib
+import os
+from dataclasses import dataclass
+
+from . import UsageError
+
+BUILTIN = ("gcompress_bench.palu", "gcompress_bench.asvd")
+REGISTRY = {}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a method: `--<method>-<key>` on the command line, `<method>.<key>` in the config."""
+    key: str
+    kind: str                 # str | int | float (config.OPTIONS kinds)
+    default: object
+    help: str
+    choices: tuple = None     # allowed values of a str option
+    minimum: float = None     # numbers: smallest allowed value
+    maximum: float = None     # numbers: largest allowed value
+    exclusive_minimum: bool = False
+
+
+class CompressionFailed(Exception):
+    """A compression no cell may measure: the run stops and says why (with the facts, when there are some)."""
+
+    def __init__(self, why, facts=None):
+        super().__init__(why)
+        self.facts = facts
+
+
+class Method:
+    """The identity: what `baseline` is, and what every method starts from."""
+    name = "baseline"
+    description = "the model as loaded"
+    options = ()
+
+    def plan(self, opts, spec, tokenizer):
+        return None
+
+    def apply(self, lm, plan, opts, progress):
+        return None
+
+    def headline(self, facts):
+        return None
+
+    def markdown(self, facts):
+        return []
+
+    def inputs(self, plan):
+        """{what: where it comes from} for --check-only; a value containing FALLBACK is reported as one."""
+        return {}
+
+
+def register(method):
+    if method.name in REGISTRY and type(REGISTRY[method.name]) is not type(method):
+        raise ValueError(f"two methods named {method.name!r}: {type(REGISTRY[method.name])} and {type(method)}")
+    REGISTRY[method.name] = method
+    return method
+
+
+def load():
+    """Import every method module (idempotent); returns the registry."""
+    for module in BUILTIN + tuple(m for m in os.environ.get("GCOMPRESS_METHODS", "").split(",") if m):
+        importlib.import_module(module)
+    return REGISTRY
+
+
+def get(name):
+    methods = load()
+    if name not in methods:
+        raise UsageError(f"--variant: unknown value {name!r}; allowed: {', '.join(methods)}")
+    return methods[name]
+
+
+def option_rows():
+    """The methods' options as rows of the suite's option table: (flag, config path, kind, help)."""
+    return [(f"--{m.name}-{o.key.replace('_', '-')}", f"{m.name}.{o.key}", o.kind, o.help)
+            for m in load().values() for o in m.options]
+
+
+def defaults():
+    """{method: {option: default}} for the config, under the YAML and the command line."""
+    return {m.name: {o.key: o.default for o in m.options} for m in load().values() if m.options}
+
+
+def check_options(cfg):
+    """Every method option's value against its declared range or choices: one line naming it."""
+    for m in load().values():
+        for o in m.options:
+            flag, v = f"--{m.name}-{o.key.replace('_', '-')}", cfg[m.name][o.key]
+            if o.choices and v not in o.choices:
+                raise UsageError(f"{flag}: unknown value {v!r}; allowed: {', '.join(map(str, o.choices))}")
+            if o.kind in ("int", "float") and v is not None and not _within(o, v):
+                raise UsageError(f"{flag}: {v} is not allowed; it must be {_range(o)}")
+
+
+def _within(o, v):
+    low_ok = o.minimum is None or (v > o.minimum if o.exclusive_minimum else v >= o.minimum)
+    return low_ok and (o.maximum is None or v <= o.maximum) and v == v   # v != v: NaN
+
+
+def _range(o):
+    if o.minimum is not None and o.maximum is not None:
+        return f"in {'(' if o.exclusive_minimum else '['}{o.minimum}, {o.maximum}]"
+    if o.minimum is not None:
+        return f"{'>' if o.exclusive_minimum else '>='} {o.minimum}"
+    return f"<= {o.maximum}"
+
+
+def label(cfg):
+    """A run's label in comparisons: its method, and every method option it set away from the default
+    (a method not registered here: its name alone)."""
+    name, m = cfg.get("variant"), load().get(cfg.get("variant"))
+    opts = cfg.get(name) or {}
+    changed = [f"{o.key}={opts[o.key]}" for o in (m.options if m else ()) if o.key in opts and opts[o.key] != o.default]
+    return " ".join([str(name), *changed])
+
+
+register(Method())
