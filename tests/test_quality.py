@@ -127,7 +127,7 @@ def test_llm_eval_cli_both_variants_with_paired_comparison(tmp_path):
         md = (tmp_path / "default" / f"p-{suite}" / "run_summary.md").read_text()
         assert summary["iterations"] is None and "iterations" not in md and "prefill" not in md
         assert not (tmp_path / "default" / f"p-{suite}" / "plots").exists()
-        assert md.splitlines()[4].startswith("- PaLU: requested ratio 0.7 (KV cut 0.3000); effective KV cut 0.3333")
+        assert md.splitlines()[4].startswith("- palu: requested ratio 0.7 (KV cut 0.3000); effective KV cut 0.3333")
         (cell, paired), = summary["paired"]["cells"].items()
         if suite == "ppl":
             assert paired["same_windows"] and paired["ppl_ratio"] > 1
