@@ -6,8 +6,8 @@ from gcompress_bench import infer
 
 def _measure(fn, suite, cell, bench_model, bench_clock, bench_run):
     knobs = {k: bench_run.cfg[suite][k] for k in ("warmup", "iters", "trials")}
-    return infer.run_cell(fn, bench_model.device, lm=bench_model, clock=bench_clock,
-                          seed=bench_run.cfg["seed"], **cell.params, **knobs)
+    return infer.run_cell(fn, bench_model.device, lm=bench_model, clock=bench_clock, seed=bench_run.cfg["seed"],
+                          ops_profile=bench_run.cfg["ops_profile"], **cell.params, **knobs)
 
 
 @pytest.mark.prefill

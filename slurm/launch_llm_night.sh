@@ -8,7 +8,7 @@
 #     [-- extra sbatch arguments]
 # --variants takes baseline and any registered method, plug-ins named in GCOMPRESS_METHODS included (the jobs
 # inherit the environment). --job-args passes further llm_run/llm_eval options to every job, e.g.
-# "--palu-align 32 --asvd-ratio 0.85 --trials 1". Before anything is submitted, each non-baseline variant's
+# "--align-policy round:32 --asvd-ratio 0.85 --trials 1". Before anything is submitted, each non-baseline variant's
 # jobs are checked offline with --check-only (baseline's when it is the only variant).
 set -uo pipefail
 usage() { echo "launch_llm_night: $*" >&2; exit 2; }

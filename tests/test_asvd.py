@@ -33,16 +33,14 @@ def test_ranks_meet_the_parameter_budget_and_rounding():
     spectra = {n: torch.linspace(1, 0.01, min(s), dtype=torch.float64) ** (1 + i)
                for i, (n, s) in enumerate(shapes.items())}
     total = sum(o * i for o, i in shapes.values())
-    for ratio, rounding in ((0.5, 1), (0.7, 1), (0.5, 32)):
-        ranks, tau = asvd.allocate(spectra, shapes, ratio, rounding)
+    for ratio in (0.5, 0.7):
+        ranks, tau = asvd.allocate(spectra, shapes, ratio)
         kept = sum(o * i if ranks[n] is None else ranks[n] * (o + i) for n, (o, i) in shapes.items())
         assert kept <= ratio * total and 0 < tau < 1
         assert all(r is None or r < asvd.dense_above(*shapes[n]) for n, r in ranks.items())
-        if rounding == 32:
-            assert all(r % 32 == 0 for r in ranks.values() if r is not None)
-    ranks, _ = asvd.allocate(spectra, shapes, 0.5, 1)
+    ranks, _ = asvd.allocate(spectra, shapes, 0.5)
     assert len({r for r in ranks.values()}) > 1   # steeper spectra keep less rank: irregular
-    assert asvd.allocate(spectra, shapes, 1.0, 1) == (dict.fromkeys(shapes), 0.0)   # nothing to save: all dense
+    assert asvd.allocate(spectra, shapes, 1.0) == (dict.fromkeys(shapes), 0.0)   # nothing to save: all dense
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +49,12 @@ def smol():
     return models.load(models.resolve("smollm2-135m", cfg["models"]), "float32", torch.device("cpu")), cfg
 
 
-def _compress(smol, ratio, rounding=1):
+def _compress(smol, ratio, policy="none"):
     lm0, cfg = smol
     lm = copy.copy(lm0)
     lm.model = copy.deepcopy(lm0.model)
     m = asvd.Asvd()
-    opts = {**cfg["asvd"], "ratio": ratio, "rounding": rounding, "calib_samples": 4}
+    opts = {**cfg["asvd"], "ratio": ratio, "align_policy": policy, "calib_samples": 4}
     return lm, m.apply(lm, m.plan(opts, lm.spec, lm.tokenizer), opts, progress=lambda line: None)
 
 
@@ -88,6 +86,6 @@ def test_facts_list_every_module_and_its_alignment(smol):
     for a in (8, 16, 32, 64):
         assert facts["aligned_share"][str(a)] == sum(r % a == 0 for r in ranks.values()) / len(ranks)
     assert facts["aligned_share"]["8"] < 0.5
-    _, rounded = _compress(smol, 0.95, rounding=32)
+    _, rounded = _compress(smol, 0.95, "round:32")
     assert rounded["aligned_share"] == {"8": 1.0, "16": 1.0, "32": 1.0, "64": rounded["aligned_share"]["64"]}
     assert rounded["params_kept_ratio"] <= 0.95

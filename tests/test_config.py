@@ -44,9 +44,17 @@ def test_overrides_and_cell_ids():
 
 
 @pytest.mark.parametrize("given, message", [
-    ({"variant": "foo"}, "--variant: unknown value 'foo'; allowed: baseline, palu, asvd"),
+    ({"variant": "foo"}, "--variant: unknown value 'foo'; allowed: baseline, palu, asvd, prune"),
     ({"asvd_ratio": "0"}, "--asvd-ratio: 0.0 is not allowed; it must be in (0, 1]"),
-    ({"asvd_rounding": "0"}, "--asvd-rounding: 0 is not allowed; it must be >= 1"),
+    ({"variant": "asvd", "align_policy": "round:0"}, "--align-policy: 'round:0' is not allowed; N must be an integer "
+                                                     ">= 1; allowed: none, round:N, pad:N (N >= 1) or budget:TABLE (a "
+                                                     "dims run dir or its dims_table.json)"),
+    ({"variant": "palu", "align_policy": "snap:8"}, "--align-policy: unknown value 'snap:8'; allowed: none, round:N, "
+                                                    "pad:N (N >= 1) or budget:TABLE (a dims run dir or its "
+                                                    "dims_table.json)"),
+    ({"align_policy": "pad:8"}, "--align-policy: 'pad:8' is not allowed with --variant baseline, which has no dims to "
+                                "align; allowed: method"),
+    ({"ops_profile": "-1"}, "--ops-profile: -1 is not allowed; it must be an integer >= 0 (0 = off)"),
     ({"asvd_calib_samples": "x"}, "--asvd-calib-samples: 'x' is not an integer"),
     ({"profile": "huge"}, "--profile: unknown profile 'huge'; allowed: full, long, quick"),
     ({"model": "nope"}, "--model: unknown model 'nope'; allowed: smollm2-135m, llama3-8b-shape, an HF id "

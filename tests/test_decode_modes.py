@@ -65,17 +65,3 @@ def test_ceilings_are_measured_on_the_device():
     c = roofline.measure_ceilings("cpu", torch.float32)
     assert c["copy_GBps"] > 0.5 and c["gemm_TFLOPs"] > 0.001 and c["dtype"] == "float32"
     assert c["method"] == "median of 5: copy of 64 MiB (read + write counted), 1024x1024 @ 1024x1024 matmul in float32"
-
-
-@pytest.mark.parametrize("name, kind", [
-    ("nvjet_tst_64x8_64x16_4x1_v_bz_splitK_TNT", "matmul"),
-    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize64x64x64", "matmul"),
-    ("fmha_cutlassF_bf16_aligned_64x128_rf_sm80(PyTorchMemEffAttention::AttentionKernel)", "attention"),
-    ("void at::native::index_elementwise_kernel<128, 4>", "copy"),
-    ("triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0", "inductor fused"),
-    ("void at::native::reduce_kernel<512, 1>", "other"),
-])
-def test_decode_probe_sorts_kernels_by_kind(name, kind):
-    """tools/decode_probe.py's breakdown (docs/h200/probe.jsonl) rests on these name patterns."""
-    from tools.decode_probe import kind as kind_of
-    assert kind_of(name) == kind

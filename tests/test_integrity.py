@@ -195,7 +195,7 @@ def bad_files(tmp_path_factory, smol_spec, standin_hf_home):
     shutil.copy(os.path.join(smol_spec.path, "config.json"), truncated)
     save_file({"w": torch.zeros(1000)}, truncated / "model.safetensors")
     os.truncate(truncated / "model.safetensors", 2000)
-    ranks = palu.uniform_ranks(smol_spec.config, 0.7, 3, 32)
+    ranks = palu.uniform_ranks(smol_spec.config, 0.7, 3)
     for name, value in (("true", True), ("float", 128.0)):
         (d / f"ranks_{name}.json").write_text(json.dumps({**ranks, "model.layers.0.self_attn.k_proj": [value]}))
     for name, text in (("invalid", "task: [unclosed\n"), ("no_task", "dataset_path: json\noutput_type: loglikelihood\n"),

@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from gcompress_bench import UsageError, infer, latent, models, palu
+from gcompress_bench import UsageError, infer, latent, method, models, palu
 from gcompress_bench.config import resolve
 from gcompress_bench.timing import Clock
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def _compressed(dtype, **kw):
     cfg = resolve({})
     lm = models.load(models.resolve("smollm2-135m", cfg["models"]), dtype, torch.device("cpu"))
-    p = {**cfg["palu"], "calib_samples": 4, "calib_seq_len": 256, **kw}
+    p = {**method.options_for(cfg, palu.Palu()), "calib_samples": 4, "calib_seq_len": 256, **kw}
     facts = palu.compress(lm, palu.Palu().plan(p, lm.spec, lm.tokenizer), p)
     lat = copy.copy(lm)
     lat.model = copy.deepcopy(lm.model)
@@ -109,7 +109,7 @@ def test_generate_with_the_latent_cache(fp32):
 
 
 def test_alignment_padding_under_the_latent_path():
-    full, lat, facts = _compressed("float32", rounding=1, align=64)
+    full, lat, facts = _compressed("float32", align_policy="pad:64")
     assert facts["modules"]["model.layers.0.self_attn.k_proj"]["physical"] == [192]
     errs, same, _, _ = lockstep(full, lat, infer.random_ids(49152, 1, 16, 5, "cpu"), 8)
     assert max(errs) <= 1e-4 and all(same)

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from gcompress_bench import UsageError, calibration, models, palu
+from gcompress_bench import UsageError, align, calibration, method, models, palu
 from gcompress_bench.config import resolve
 from gcompress_bench.ppl import perplexity
 
@@ -16,7 +16,9 @@ LLAMA3 = models._config_from_file(REPO / "data/models/llama3-8b-instruct.config.
 
 
 def pcfg(**kw):
-    return {**resolve({})["palu"], "calib_samples": 4, "calib_seq_len": 256, **kw}
+    cfg = resolve({})
+    opts = {**cfg["palu"], **kw}
+    return {**method.options_for({**cfg, "palu": opts}, palu.Palu()), "calib_samples": 4, "calib_seq_len": 256, **kw}
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +43,16 @@ def logits(model, ids):
 PROBE = torch.randint(0, 49152, (2, 48), generator=torch.Generator().manual_seed(3))
 
 
-def test_uniform_ranks_follow_palu_rounding():
-    r = palu.uniform_ranks(LLAMA3, 0.7, 4, 32)
-    assert len(r) == 64 and set(map(tuple, r.values())) == {(352, 352)}   # 0.7 * 512 = 358.4 -> 352
-    assert palu.uniform_ranks(LLAMA3, 0.7, 4, 1)["model.layers.0.self_attn.k_proj"] == [358, 358]
-    assert palu.uniform_ranks(LLAMA3, 0.05, 4, 32)["model.layers.3.self_attn.v_proj"] == [32, 32]
-    assert palu.uniform_ranks(LLAMA3, 1.0, 8, 32)["model.layers.0.self_attn.v_proj"] == [1024]
-    assert palu.uniform_ranks(LLAMA3, 0.7, 1, 32)["model.layers.0.self_attn.k_proj"] == [96] * 8  # 89.6 -> 96
-    facts = palu.summarize_ranks({k: {"logical": v, "physical": v} for k, v in palu.uniform_ranks(
-        LLAMA3, 0.7, 4, 32).items()}, LLAMA3, 4, 128)
+def test_uniform_ranks_then_palu_rounding_as_the_default_policy():
+    r = palu.uniform_ranks(LLAMA3, 0.7, 4)
+    assert len(r) == 64 and set(map(tuple, r.values())) == {(358, 358)}   # 0.7 * 512 = 358.4
+    assert palu.Palu().default_align({"ranks": None}) == "round:32" and palu.Palu().default_align({"ranks": "f"}) == "none"
+    assert [align.rounded(358, 32, 512), align.rounded(round(0.05 * 512), 32, 512), align.rounded(90, 32, 128)] == \
+        [352, 32, 96]   # PaLU's rule: 358.4 -> 352, at least one multiple, 89.6 -> 96
+    assert palu.uniform_ranks(LLAMA3, 1.0, 8)["model.layers.0.self_attn.v_proj"] == [1024]
+    assert palu.uniform_ranks(LLAMA3, 0.7, 1)["model.layers.0.self_attn.k_proj"] == [90] * 8
+    facts = palu.summarize_ranks({k: {"logical": v, "kept": [352, 352], "physical": [352, 352]}
+                                  for k, v in r.items()}, LLAMA3, 4, 128)
     assert facts["kv_compression_logical"] == pytest.approx(1 - 352 / 512)
     assert facts["aligned_share"] == {"8": 1.0, "16": 1.0, "32": 1.0, "64": 0.0}
 
@@ -86,7 +89,7 @@ def test_rank_files_palu_dump_and_plain(tmp_path):
     (lambda r: r.__setitem__("model.layers.2.self_attn.k_proj", [0]), "rank 0 is not allowed; allowed: integers 1..192"),
 ])
 def test_malformed_rank_files(smol, tmp_path, mutate, message):
-    ranks = palu.uniform_ranks(smol.spec.config, 0.7, 3, 32)
+    ranks = palu.uniform_ranks(smol.spec.config, 0.7, 3)
     mutate(ranks)
     with pytest.raises(UsageError, match=r"^--palu-ranks: .*" + re.escape(message)):
         palu.allocate(pcfg(ranks=str(_rank_file(tmp_path, ranks))), smol.spec.config, "smollm2-135m", "x")
@@ -101,7 +104,7 @@ def test_missing_and_broken_rank_file(smol, tmp_path):
 
 
 def test_ratio_dir_resolver_picks_the_match_and_records_candidates(tmp_path):
-    ranks = palu.uniform_ranks(LLAMA3, 0.7, 4, 32)
+    ranks = palu.uniform_ranks(LLAMA3, 0.7, 4)
     tree = tmp_path / "palu" / "outputs"
     names = ["Meta-Llama-3-8B-Instruct_ratio-0.5_gs-4-fisher_uniform-whiten",
              "Meta-Llama-3-8B-Instruct_ratio-0.7_gs-1-fisher_uniform-whiten",
@@ -130,10 +133,10 @@ def test_ratio_one_reproduces_the_baseline(smol, svd):
 
 @pytest.mark.slow
 def test_alignment_padding_changes_shapes_not_logits(smol):
-    lm1, f1 = compressed(smol, ratio=0.5, rounding=1, align=1)
-    lm64, f64 = compressed(smol, ratio=0.5, rounding=1, align=64)
+    lm1, f1 = compressed(smol, ratio=0.5, align_policy="none")
+    lm64, f64 = compressed(smol, ratio=0.5, align_policy="pad:64")
     mod = "model.layers.0.self_attn.k_proj"
-    assert f1["modules"][mod]["logical"] == f64["modules"][mod]["logical"] == [96]
+    assert f1["modules"][mod]["logical"] == f64["modules"][mod]["kept"] == f64["modules"][mod]["logical"] == [96]
     assert f64["modules"][mod]["physical"] == [128] and f1["modules"][mod]["physical"] == [96]
     assert lm64.model.model.layers[0].self_attn.k_proj.VT.weight.shape == (128, 576)
     assert f64["aligned_share"]["64"] == 1.0 and f1["aligned_share"]["64"] == 0.0
@@ -164,7 +167,7 @@ def test_quality_on_the_embedded_model_degrades_gradually(smol):
     base = perplexity(smol.model, ids, 512)["ppl"]
     ppl = {}
     for ratio in (0.9, 0.7, 0.5):
-        lm, _ = compressed(smol, ratio=ratio, rounding=1)
+        lm, _ = compressed(smol, ratio=ratio, align_policy="none")
         ppl[ratio] = perplexity(lm.model, ids, 512)["ppl"]
     assert base < ppl[0.9] < ppl[0.7] < ppl[0.5], (base, ppl)
     assert ppl[0.7] / base < 1.5, (base, ppl)
@@ -184,7 +187,7 @@ def _write_palu_dump(lm, facts, folder, origin):
 
 @pytest.fixture(scope="module")
 def palu_dump(smol, tmp_path_factory):
-    lm, facts = compressed(smol, ratio=0.5, rounding=1)    # irregular ranks: 96 of 192
+    lm, facts = compressed(smol, ratio=0.5, align_policy="none")    # irregular ranks: 96 of 192
     folder = tmp_path_factory.mktemp("palu") / "SmolLM2-135M-Instruct_ratio-0.5_gs-3-fisher_uniform-whiten"
     return _write_palu_dump(lm, facts, folder, "HuggingFaceTB/SmolLM2-135M-Instruct"), logits(lm.model, PROBE)
 
@@ -241,8 +244,8 @@ def test_headline_names_effective_compression():
     """gs 1 at ratio 0.9 on SmolLM2 rounds every rank to 64 of 64: no compression, and the run must say so."""
     cfg = models.resolve("smollm2-135m", resolve({})["models"]).config
     def facts(ratio, gs, rounding):
-        ranks = palu.uniform_ranks(cfg, ratio, gs, rounding)
-        f = palu.summarize_ranks({k: {"logical": v, "physical": v} for k, v in ranks.items()}, cfg, gs, 64)
+        ranks = {k: [align.rounded(r, rounding, gs * 64) for r in v] for k, v in palu.uniform_ranks(cfg, ratio, gs).items()}
+        f = palu.summarize_ranks({k: {"logical": v, "kept": v, "physical": v} for k, v in ranks.items()}, cfg, gs, 64)
         return {**f, "ratio": ratio}
     assert palu.headline(facts(0.9, 1, 32)) == ("WARNING: no compression at all: every rank is full; requested ratio "
                                                 "0.9 (KV cut 0.1000); effective KV cut 0.0000 (ranks kept 1.0000, mean "

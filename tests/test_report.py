@@ -8,7 +8,7 @@ import sys
 import pytest
 from matplotlib.image import imread
 
-from gcompress_bench import comparison, plots
+from gcompress_bench import comparison, ops, plots
 
 from .conftest import REPO, TINY, run_cli
 
@@ -23,7 +23,7 @@ LABELS = {"palu": "palu group_size=3", "palu-latent": "palu group_size=3 cache=l
 def group(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     quality = ["--ppl-seq-len", "256", "--tasks", "piqa", "--fewshot", "0", "--limit", "4"]
-    jobs = [(f"{name}-infer", "gcompress_bench.llm_run", ["--variant", variant, *TINY, *extra] +
+    jobs = [(f"{name}-infer", "gcompress_bench.llm_run", ["--variant", variant, *TINY, "--ops-profile", "2", *extra] +
              (["--", "-p", "tests.plugins.oom_cell"] if name == "palu" else []))
             for name, variant, extra in RUNS + [("palu-latent", "palu", ["--palu-cache", "latent"])]]
     jobs += [(f"{name}-{suite}", "gcompress_bench.llm_eval", ["--variant", variant, "--suite", suite, *quality, *extra])
@@ -195,3 +195,35 @@ def test_report_tool_names_a_raw_file_without_its_header(tmp_path):
     assert proc.returncode == 2 and proc.stderr.splitlines() == [
         f"report: {run / 'raw.json'}: lacks ['run_id', 'variant', 'model', 'timer']; not a complete gcompress-bench "
         "raw file"]
+
+
+@pytest.mark.slow
+def test_where_the_time_went_against_the_runs_profiles(group, tmp_path):
+    """Each family's delta is the candidate's profile minus the reference's, as raw.json holds them; the family
+    that lost the most is the largest delta; the table and the stacked bars are in the report."""
+    g = group / "g"
+    rep = comparison.write([g / "baseline-infer"], {"asvd": [g / "asvd-infer"]}, tmp_path / "rep")
+    raw = {side: json.loads((g / f"{side}-infer" / "raw.json").read_text())["cells"] for side in ("baseline", "asvd")}
+    rows = {r["cell"]: r for r in rep["time_went"]}
+    assert set(rows) == {c for c in raw["baseline"] if raw["baseline"][c]["status"] == "ok"}
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for cid, r in rows.items():
+        base, cand = raw["baseline"][cid]["ops_profile"], raw["asvd"][cid]["ops_profile"]
+        assert base["iters"] == cand["iters"] == 2 and base["classification"] == ops.CLASSIFICATION == r["classification"]
+        delta = {f: cand["families_ms"][f] - base["families_ms"][f] for f in ops.FAMILY_NAMES}
+        assert r["delta_ms"]["asvd"] == pytest.approx(delta)
+        assert r["lost_most"]["asvd"] == max(delta, key=delta.get)
+        assert f"| gemm | {base['families_ms']['gemm']:.3f} | {cand['families_ms']['gemm']:.3f} | {delta['gemm']:+.3f} |" in md
+        png = tmp_path / "rep" / f"time_went_{cid.replace('[', '_').rstrip(']')}.png"
+        assert png.name in rep["plots"] and imread(png).shape[0] > 100
+    assert "## where the time went: test_decode[B1-ctx16-gen4] (ms per step, CPU operator self time, 2 profiled" in md
+
+
+def test_profiles_sorted_by_different_tables_are_labelled():
+    prof = lambda v, gemm: {"families_ms": {**dict.fromkeys(ops.FAMILY_NAMES, 1.0), "gemm": gemm},  # noqa: E731
+                            **({"classification": v} if v else {})}
+    cell = lambda p: {"suite": "prefill", "params": {"batch": 1}, "status": "ok", "ops_profile": p}  # noqa: E731
+    ref = {"label": "baseline", "cells": {"c": cell(prof(None, 2.0))}}
+    cand = {"label": "x", "cells": {"c": cell(prof("abc", 3.0))}}
+    (row,) = comparison._time_went_rows(ref, [cand])
+    assert row["classification"] == {"baseline": "unversioned", "x": "abc"} and row["delta_ms"]["x"]["gemm"] == 1.0

@@ -172,8 +172,8 @@ def test_a_plugin_night_runs_and_is_reported_against_baseline(slurm, tmp_path):
 
 @pytest.mark.parametrize("args, line", [
     (["--shards", "0"], "--shards: '0' is not allowed; allowed: a positive integer"),
-    (["--variants", "baseline,nope"], "--variants: unknown variant 'nope'; allowed: baseline, palu, asvd"),
-    (["--variants", "baseline,mlpprune"], "--variants: unknown variant 'mlpprune'; allowed: baseline, palu, asvd"),
+    (["--variants", "baseline,nope"], "--variants: unknown variant 'nope'; allowed: baseline, palu, asvd, prune"),
+    (["--variants", "baseline,mlpprune"], "--variants: unknown variant 'mlpprune'; allowed: baseline, palu, asvd, prune"),
     (["--variants", "palu,baseline,palu"], "--variants: 'palu' is given twice; allowed: each variant once"),
     (["--variants", ","], "--variants and --suites need at least one value each"),
     (["--suites", "ppl,bleu"], "--suites: unknown suite 'bleu'; allowed: infer_sweep, ppl, lmeval"),
@@ -290,10 +290,10 @@ def test_a_plugin_method_needs_no_edit_in_slurm(tmp_path):
 
 
 @pytest.mark.parametrize("args, env_extra, line", [
-    (["--variants", "baseline,x"], {}, "--variants: unknown variant 'x'; allowed: baseline, palu, asvd"),
-    (["--variants", "baseline,x"], PLUGIN, "--variants: unknown variant 'x'; allowed: baseline, palu, asvd, mlpprune"),
+    (["--variants", "baseline,x"], {}, "--variants: unknown variant 'x'; allowed: baseline, palu, asvd, prune"),
+    (["--variants", "baseline,x"], PLUGIN, "--variants: unknown variant 'x'; allowed: baseline, palu, asvd, prune, mlpprune"),
     (["--variants", "baseline,palu asvd"], {},
-     "--variants: unknown variant 'palu asvd'; allowed: baseline, palu, asvd"),
+     "--variants: unknown variant 'palu asvd'; allowed: baseline, palu, asvd, prune"),
     (["--variants", "baseline,mlpprune"], {"GCOMPRESS_METHODS": "tests.plugins.no_such_method"},
      "--variants: cannot list the registered methods (GCOMPRESS_METHODS='tests.plugins.no_such_method'): "
      "ModuleNotFoundError: No module named 'tests.plugins.no_such_method'"),
@@ -363,7 +363,7 @@ def test_job_script_passes_any_variant_a_bare_last_flag_and_its_shard(stand_in_p
 
 def test_job_script_rejects_bad_input_before_loading_anything(tmp_path):
     cases = [
-        (["--suite", "ppl"], "--variant is missing; allowed: baseline or a registered method (palu, asvd, or a plug-in "
+        (["--suite", "ppl"], "--variant is missing; allowed: baseline or a registered method (palu, asvd, prune, or a plug-in "
                              "from GCOMPRESS_METHODS)"),
         (["--variant", "", "--suite", "ppl"], "--variant needs a value"),
         (["--variant=", "--suite", "ppl"], "--variant needs a value"),
@@ -388,7 +388,7 @@ def test_job_script_rejects_bad_input_before_loading_anything(tmp_path):
 
 
 @pytest.mark.parametrize("args, line", [
-    (["--variant", "x"], "gcompress-bench: --variant: unknown value 'x'; allowed: baseline, palu, asvd, mlpprune"),
+    (["--variant", "x"], "gcompress-bench: --variant: unknown value 'x'; allowed: baseline, palu, asvd, prune, mlpprune"),
     (["--variant", "mlpprune", "--mlpprune-keep", "1.5"],
      "gcompress-bench: --mlpprune-keep: 1.5 is not allowed; it must be in (0, 1]"),
 ])

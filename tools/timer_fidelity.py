@@ -15,8 +15,11 @@ import torch
 from gcompress_bench import config, env, infer, models, stats, timing
 
 
-class SilentClock:
+class SilentClock(timing.Clock):
     """The clock's interface with no events: the decode loop runs as if unmeasured."""
+
+    def __init__(self):
+        super().__init__("cpu")
 
     def mark(self):
         return None
@@ -52,7 +55,7 @@ def check_prefill(lm, clock, batch, seq_len, iters):
 
 @torch.inference_mode()
 def check_decode(lm, clock, batch, ctx, gen, mode, reps):
-    run = infer.generator(lm.model, infer.random_ids(lm.spec.config.vocab_size, batch, ctx, 0, lm.device), gen, mode)
+    run, _, _ = infer.generator(lm.model, infer.random_ids(lm.spec.config.vocab_size, batch, ctx, 0, lm.device), gen, mode)
     for _ in range(3):   # compilation, CUDA-graph recording, warm-up
         run(clock)
     marked, unmarked = [], []

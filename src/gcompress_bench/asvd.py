@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import calibration
+from . import align, calibration
 from .method import CompressionFailed, Method, Option, register
 from .report import num
 
@@ -107,7 +107,7 @@ def dense_above(out_f, in_f):
     return (out_f * in_f) // (out_f + in_f)
 
 
-def allocate(spectra, shapes, ratio, rounding):
+def allocate(spectra, shapes, ratio):
     """{module: rank or None (dense)} meeting `ratio` of the modules' parameters, and the threshold.
     Each module keeps the smallest rank whose relative scaled truncation error is <= tau."""
     budget = ratio * sum(o * i for o, i in shapes.values())
@@ -120,8 +120,6 @@ def allocate(spectra, shapes, ratio, rounding):
         out = {}
         for name, tail in tails.items():
             r = int((tail > tau).sum())
-            if rounding > 1:
-                r = max(rounding, round(r / rounding) * rounding)
             out[name] = r if r < dense_above(*shapes[name]) else None
         return out
 
@@ -151,41 +149,46 @@ def compress(lm, plan, opts, progress):
     mods = _modules(lm.model)
     shapes = {n: tuple(m.weight.shape) for n, m in mods.items()}
     spectra = {n: spectrum(m.weight, scales[n]) for n, m in mods.items()}
-    ranks, tau = allocate(spectra, shapes, opts["ratio"], opts["rounding"])
-    progress(f"asvd: ranks allocated ({sum(r is not None for r in ranks.values())} of {len(ranks)} modules factored, "
-             f"threshold {tau:.4g}; {time.perf_counter() - t0:.1f} s)")
+    ranks, tau = allocate(spectra, shapes, opts["ratio"])
+    policy = align.parse(opts["align_policy"])
+    shaped = [align.Module(n, r, dense_above(*shapes[n]) - 1, sum(shapes[n]), _energy_kept(spectra[n]),
+                           {"op": "lowrank", "sweep": "r", "d_in": shapes[n][1], "d_out": shapes[n][0]})
+              for n, r in ranks.items() if r is not None]
+    dims = align.apply(policy, shaped)
+    progress(f"asvd: ranks allocated ({len(shaped)} of {len(ranks)} modules factored, threshold {tau:.4g}, "
+             f"alignment {policy.text}; {time.perf_counter() - t0:.1f} s)")
     modules, layers = {}, len(lm.model.model.layers)
     for name, mod in mods.items():
-        r = ranks[name]
-        tail = spectra[name]
+        d = dims.get(name, {"logical": None, "kept": None, "physical": None, "expected": None})
+        r, tail = d["kept"], spectra[name]
         err = 0.0 if r is None else float(((tail[r:] ** 2).sum() / (tail ** 2).sum()).sqrt())
-        modules[name] = {"rank": r, "out": shapes[name][0], "in": shapes[name][1], "scaled_rel_err": err}
+        modules[name] = {"rank": r, "logical": d["logical"], "physical": d["physical"], "expected": d["expected"],
+                         "out": shapes[name][0], "in": shapes[name][1], "scaled_rel_err": err}
         if r is not None:
             B, A = factorize(mod.weight, scales[name], r)
+            pad = d["physical"] - r   # zero rows of A and columns of B: the product is unchanged
             parent, attr = name.rsplit(".", 1)
             lm.model.get_submodule(parent).__setattr__(attr, LowRankLinear(
-                A.to(mod.weight.dtype), B.to(mod.weight.dtype), mod.bias))
+                nn.functional.pad(A, (0, 0, 0, pad)).to(mod.weight.dtype),
+                nn.functional.pad(B, (0, pad)).to(mod.weight.dtype), mod.bias))
         if name.endswith(TARGETS[-1]):
             progress(f"asvd: layer {int(name.split('.')[2]) + 1}/{layers} factored ({time.perf_counter() - t0:.1f} s)")
     facts = _summary(modules, opts, tau)
-    facts.update(calibration=calib, compress_s=round(time.perf_counter() - t0, 3),
-                 memory={"peak_allocated_bytes": torch.cuda.max_memory_allocated(lm.device) if cuda else None,
-                         "peak_reserved_bytes": torch.cuda.max_memory_reserved(lm.device) if cuda else None},
-                 verification=calibration.compare(lm, before, probe))
-    progress(f"asvd: {headline(facts)}; top-1 agreement on the probe {facts['verification']['top1_agreement']:.3f} "
-             f"({facts['compress_s']} s)")
-    broken = calibration.broken(facts["verification"], facts["params_kept_ratio"], AGREEMENT_MEASURED,
-                                "asvd", lm.spec.synthetic)
-    if broken:
-        raise CompressionFailed(f"verification: {broken}", facts)
-    return facts
+    facts.update(alignment=align.facts(policy, shaped, dims), calibration=calib)
+    return calibration.conclude(lm, facts, t0, before, probe, "asvd", AGREEMENT_MEASURED, headline, progress)
+
+
+def _energy_kept(sig):
+    """gains[r] = share of the scaled spectrum's energy kept at rank r: the error ASVD's threshold bounds."""
+    energy = (sig.double() ** 2).cumsum(0)
+    return torch.cat([torch.zeros(1, dtype=energy.dtype), energy / energy[-1]])
 
 
 def _summary(modules, opts, tau):
-    ranks = [m["rank"] for m in modules.values() if m["rank"] is not None]
+    ranks = [m["physical"] for m in modules.values() if m["rank"] is not None]
     orig = sum(m["out"] * m["in"] for m in modules.values())
     kept = sum(m["out"] * m["in"] if m["rank"] is None else m["rank"] * (m["out"] + m["in"]) for m in modules.values())
-    return {"ratio": opts["ratio"], "alpha": opts["alpha"], "rounding": opts["rounding"], "threshold": tau,
+    return {"ratio": opts["ratio"], "alpha": opts["alpha"], "threshold": tau,
             "modules": modules, "factored": len(ranks), "dense": len(modules) - len(ranks),
             "params_original": orig, "params_kept": kept, "params_kept_ratio": kept / orig,
             "rank_min": min(ranks, default=None), "rank_max": max(ranks, default=None),
@@ -195,7 +198,7 @@ def _summary(modules, opts, tau):
 
 def headline(facts):
     share = facts["aligned_share"]["8"]
-    over = facts["params_kept_ratio"] > facts["ratio"] + 1e-9   # the rounding's smallest ranks exceed the budget
+    over = facts["params_kept_ratio"] > facts["ratio"] + 1e-9   # rounding up can exceed the budget
     return ("WARNING: more parameters kept than requested; " if over else "") + (f"requested {facts['ratio']} of the parameters kept; kept {facts['params_kept_ratio']:.4f} "
             f"({facts['factored']} of {facts['factored'] + facts['dense']} linears factored"
             + (f", ranks {facts['rank_min']}..{facts['rank_max']}, {share:.0%} aligned to 8" if facts["factored"] else "")
@@ -205,10 +208,10 @@ def headline(facts):
 def _markdown(f):
     lines = ["", "## ASVD compression", "",
              f"- {headline(f)}",
-             f"- activation scaling alpha {f['alpha']}, rank rounding {f['rounding']}, shared error threshold "
-             f"{f['threshold']:.4g}",
+             f"- activation scaling alpha {f['alpha']}, shared error threshold {f['threshold']:.4g}",
+             *align.markdown(f.get("alignment")),
              f"- parameters of q/k/v/o/gate/up/down: {f['params_kept']:,} of {f['params_original']:,}",
-             "- aligned share of the factored ranks: " + ", ".join(
+             "- aligned share of the factored ranks in memory: " + ", ".join(
                  f"{a}: {num(v, 3) if v is not None else 'n/a'}" for a, v in f["aligned_share"].items()),
              f"- calibration: {f['calibration']['source']}, {f['calibration']['windows']} x "
              f"{f['calibration']['seq_len']} tokens",
@@ -216,9 +219,11 @@ def _markdown(f):
              f"{num(f['verification']['max_abs_logit_diff'])}, top-1 agreement {num(f['verification']['top1_agreement'], 3)}",
              f"- greedy generation after compression: {f['verification']['generation']!r}",
              f"- compression took {f['compress_s']} s", "",
-             "| module | out x in | rank | scaled rel. error |", "|---|---|---|---|"]
-    lines += [f"| {name} | {m['out']} x {m['in']} | {m['rank'] if m['rank'] is not None else 'dense'} | "
-              f"{num(m['scaled_rel_err'])} |" for name, m in f["modules"].items()]
+             "| module | out x in | rank before alignment | with weights | in memory | scaled rel. error |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {m['out']} x {m['in']} | "
+              + (" | ".join(str(m.get(k, m['rank'])) for k in ("logical", "rank", "physical")) if m['rank'] is not None
+                 else "dense | dense | dense") + f" | {num(m['scaled_rel_err'])} |" for name, m in f["modules"].items()]
     return lines
 
 
@@ -234,7 +239,6 @@ class Asvd(Method):
         Option("ratio", "float", 0.85, "fraction of the linears' parameters kept", minimum=0, maximum=1,
                exclusive_minimum=True),
         Option("alpha", "float", 0.5, "activation scaling exponent: S = diag(mean|x| ** alpha)", minimum=0),
-        Option("rounding", "int", 1, "ranks rounded to a multiple of N (1 = as allocated)", minimum=1),
         *calibration.OPTIONS,
     )
     headline = staticmethod(headline)

@@ -2,11 +2,12 @@
 that is never the perplexity evaluation text, and a fixed probe on which the compressed model's
 logits are compared with the original's."""
 import hashlib
+import time
 
 import torch
 
 from . import REPO_ROOT, UsageError
-from .method import Option
+from .method import CompressionFailed, Option
 from .ppl import CORPUS_CHOICES, cached_wikitext2, read_text_file
 
 CALIB_TEXT = REPO_ROOT / "data" / "calibration.txt"
@@ -94,3 +95,19 @@ def broken(verification, kept, measured, what, synthetic):
                 f"{verification['probe_tokens']} probe tokens, below {floor:.3f}, half of the lowest measured at "
                 f"{at:.0%} kept with {what}: the factors are broken, not merely lossy")
     return None
+
+
+def conclude(lm, facts, t0, before, probe, name, measured, headline, progress):
+    """A method's facts completed with its time, peak memory and verification on the probe; a broken
+    compression (calibration.broken against `measured`, at the parameters kept) stops the run."""
+    cuda = lm.device.type == "cuda"
+    facts.update(compress_s=round(time.perf_counter() - t0, 3),
+                 memory={"peak_allocated_bytes": torch.cuda.max_memory_allocated(lm.device) if cuda else None,
+                         "peak_reserved_bytes": torch.cuda.max_memory_reserved(lm.device) if cuda else None},
+                 verification=compare(lm, before, probe))
+    progress(f"{name}: {headline(facts)}; top-1 agreement on the probe {facts['verification']['top1_agreement']:.3f} "
+             f"({facts['compress_s']} s)")
+    why = broken(facts["verification"], facts["params_kept_ratio"], measured, name, lm.spec.synthetic)
+    if why:
+        raise CompressionFailed(f"verification: {why}", facts)
+    return facts

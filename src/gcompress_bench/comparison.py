@@ -4,7 +4,7 @@ check, so a comparison across machines or settings is refused or flagged, never 
 import json
 from pathlib import Path
 
-from . import method, paired as paired_test, plots, report
+from . import method, ops, paired as paired_test, plots, report
 from .report import fmt_mib
 from .results import ResultsError, read_json, write_json
 
@@ -113,6 +113,29 @@ def _quality_rows(ref, cands, suite, keys):
     return rows
 
 
+def _time_went_rows(ref, cands):
+    """Per cell profiled (--ops-profile) in the reference and a candidate: each operator family's time per
+    iteration on every side, each candidate's delta, and the family that lost (or won back) the most."""
+    rows = []
+    for suite in ("prefill", "decode"):
+        for cid in _suite_ids([ref, *cands], suite):
+            prof = {s["label"]: s["cells"][cid]["ops_profile"] for s in (ref, *cands)
+                    if _missing(s, cid) is None and s["cells"][cid].get("ops_profile")}
+            if ref["label"] not in prof or len(prof) < 2:
+                continue
+            base = prof[ref["label"]]["families_ms"]
+            delta = {label: {f: p["families_ms"][f] - base[f] for f in ops.FAMILY_NAMES}
+                     for label, p in prof.items() if label != ref["label"]}
+            tables = {label: p.get("classification", "unversioned") for label, p in prof.items()}
+            rows.append({"cell": cid, "suite": suite, "profiles": prof, "delta_ms": delta,
+                         "classification": tables if len(set(tables.values())) > 1 else next(iter(tables.values())),
+                         "delta_pct": {label: {f: d[f] / base[f] * 100 if base[f] else None for f in d}
+                                       for label, d in delta.items()},
+                         "lost_most": {label: max(d, key=d.get) for label, d in delta.items()},
+                         "won_most": {label: min(d, key=d.get) for label, d in delta.items()}})
+    return rows
+
+
 def environment_check(sides):
     """Differences between any two runs in what decides a number: each one a warning line."""
     warnings = []
@@ -159,6 +182,7 @@ def build(reference_dirs, candidates):
         "prefill": _latency_rows(ref, cands, "prefill", "latency"),
         "decode": _latency_rows(ref, cands, "decode", "step"),
         "ppl": _quality_rows(ref, cands, "ppl", ("ppl", "nll", "tokens", "windows", "dataset")),
+        "time_went": _time_went_rows(ref, cands),
         "lmeval": _quality_rows(ref, cands, "lmeval", ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n",
                                                        "fewshot", "source")),
     }, sides
@@ -247,11 +271,48 @@ def markdown(rep):
                                                           diff((r["paired"][label] or {}).get(m)))]
                          + [str(next((v["source"] for v in r["values"].values() if "source" in v), "—"))]
                          for r in rep["lmeval"] for m in ("acc", "acc_norm")])
+    lines += _time_went_markdown(rep.get("time_went", []), ref, labels)
     for c in rep["candidates"]:
         if c["facts"]:
             m = method.load().get(c["variant"], method.Method())
             lines += ["", f"# {c['label']}", *m.markdown(c["facts"])]
     return "\n".join(lines) + "\n"
+
+
+def _time_went_markdown(rows, ref, labels):
+    lines = []
+    for r in rows:
+        have = [label for label in labels if label in r["profiles"]]
+        fams = list(ops.FAMILY_NAMES)
+        p = r["profiles"]
+        unit = p[ref]["unit"]
+        cols = lambda label, f: [f"{p[label]['families_ms'][f]:.3f}", f"{r['delta_ms'][label][f]:+.3f}",  # noqa: E731
+                                 "—" if r["delta_pct"][label][f] is None else f"{r['delta_pct'][label][f]:+.1f}%"]
+        body = [[f, f"{p[ref]['families_ms'][f]:.3f}"] + [x for label in have for x in cols(label, f)] for f in fams]
+        total = lambda label: p[label]["profiler_ms_per_iter"]  # noqa: E731
+        body.append(["**profiler total**", f"{total(ref):.3f}"] + [
+            x for label in have for x in (f"{total(label):.3f}", f"{total(label) - total(ref):+.3f}",
+                                          f"{(total(label) / total(ref) - 1) * 100:+.1f}%")])
+        body.append(["clock, same iterations (coverage)", f"{p[ref]['clock_ms_per_iter']:.3f} "
+                     f"({p[ref]['coverage']:.0%})"] + [x for label in have for x in (
+                         f"{p[label]['clock_ms_per_iter']:.3f} ({p[label]['coverage']:.0%})", "", "")])
+        per = "step" if r["suite"] == "decode" else "forward"
+        lines += _table(f"where the time went: {r['cell']} (ms per {per}, {unit}, {p[ref]['iters']} profiled "
+                        f"iterations after the measured ones)",
+                        ["family", ref] + [h for label in have for h in (label, "Δ ms", "Δ %")], body)
+        if isinstance(r["classification"], dict):
+            lines += ["", "- WARNING: these profiles were sorted into families by different tables (" + ", ".join(
+                f"{label}: {v}" for label, v in r["classification"].items()) + "); a family's delta also holds what "
+                "the tables put in different families"]
+        lines += [""] + [f"- {label}: lost the most in **{r['lost_most'][label]}** "
+                         f"({r['delta_ms'][label][r['lost_most'][label]]:+.3f} ms), recovered the most in "
+                         f"{r['won_most'][label]} ({r['delta_ms'][label][r['won_most'][label]]:+.3f} ms)"
+                         for label in have]
+        lines += [f"- GEMM kernels, {label}: " + "; ".join(
+            f"{g['name'][:70]} ({g['library']}, align {g['align'] or 'n/a'}, tile {g['tile'] or 'n/a'}) "
+            f"{g['ms_per_iter']:.3f} ms x{g['count']:g}" for g in p[label]["gemm_kernels"][:4])
+            for label in [ref] + have if p[label]["gemm_kernels"]]
+    return lines
 
 
 def _default_cell(rep):
@@ -301,6 +362,13 @@ def write_plots(rep, sides, out, cell=None):
             (cells, {n: [r["values"][n].get(m) for r in rep["lmeval"]] for n in names}, f"{m} ± stderr", m,
              {n: [r["values"][n].get(f"{m}_stderr") for r in rep["lmeval"]] for n in names})
             for m in ("acc", "acc_norm")]), out / "accuracy.png"))
+    for r in rep.get("time_went", []):
+        made.append(plots.save(plots.stacked_bars(
+            {label: p["families_ms"] for label, p in r["profiles"].items()},
+            f"{r['cell']}: where the time went ({r['profiles'][rep['reference']['label']]['unit']})",
+            "ms per " + ("step" if r["suite"] == "decode" else "forward"),
+            {label: p["clock_ms_per_iter"] for label, p in r["profiles"].items()}),
+            out / f"time_went_{r['cell'].replace('[', '_').rstrip(']')}.png"))
     suite, cid = (("decode" if cell.startswith("test_decode") else "prefill"), cell) if cell else _default_cell(rep)
     if cid:
         metric = "step" if suite == "decode" else "latency"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from . import REPO_ROOT, UsageError, method
+from . import REPO_ROOT, UsageError, align, method
 from .suites import SUITES, TIMED
 
 SUITES_FILE = REPO_ROOT / "experiments" / "llm_suites.yaml"
@@ -21,19 +21,23 @@ ITER_KEYS = ("warmup", "iters", "trials")
 # (flag, config path, kind, help). kind: str | int | float | ints / strs (comma lists) | limit (int or "all")
 # | flag (no value)
 OPTIONS = [
-    ("--variant", "variant", "str", "baseline, or a compression method (palu, asvd, or a registered plug-in)"),
+    ("--variant", "variant", "str", "baseline, or a compression method (palu, asvd, prune, or a registered plug-in)"),
     ("--model", "model", "str", "smollm2-135m, llama3-8b-shape, an HF id in the local cache, or a model folder"),
     ("--profile", "profile", "str", "profile of experiments/llm_suites.yaml (full, quick)"),
     ("--suites-file", "suites_file", "str", "suite YAML (default experiments/llm_suites.yaml)"),
+    ("--align-policy", "align_policy", "str", "how a method's dims become physical dims: method (its own rule), "
+                                              "none, round:N, pad:N or budget:TABLE (a dims run's table)"),
     ("--results-root", "results_root", "str", "results root; runs land in <root>/<exp_group>/<run_id>/"),
     ("--exp-group", "exp_group", "str", "experiment group (a folder under the results root)"),
     ("--run-id", "run_id", "str", "run id (default: timestamp + variant + suite + model); never reused"),
     ("--device", "device", "str", "auto, cpu or cuda"),
     ("--dtype", "dtype", "str", "float32, bfloat16 or float16"),
     ("--seed", "seed", "int", "seed for inputs and random weights"),
-    ("--warmup", "warmup", "int", "warm-up iterations per cell (overrides both suites)"),
-    ("--iters", "iters", "int", "measured iterations per trial (overrides both suites)"),
-    ("--trials", "trials", "int", "trials per cell (overrides both suites)"),
+    ("--warmup", "warmup", "int", "warm-up iterations per cell (overrides every timed suite)"),
+    ("--iters", "iters", "int", "measured iterations per trial (overrides every timed suite)"),
+    ("--trials", "trials", "int", "trials per cell (overrides every timed suite)"),
+    ("--ops-profile", "ops_profile", "int", "after each timed cell's measured iterations, N more (decode: steps) under "
+                                            "torch.profiler: time per operator family, top kernels, GEMM kernels (0 = off)"),
     ("--prefill-batch", "prefill.batch", "ints", "prefill batch sizes, e.g. 1,4,8"),
     ("--prefill-seq-len", "prefill.seq_len", "ints", "prefill sequence lengths"),
     ("--decode-ctx", "decode.ctx", "ints", "decode prompt lengths"),
@@ -163,6 +167,11 @@ def _validate(cfg, models):
         check_folder_name("--run-id", cfg["run_id"])
     method.get(cfg["variant"])
     method.check_options(cfg)
+    if cfg["align_policy"] != "method":
+        if cfg["variant"] == "baseline":
+            raise UsageError(f"--align-policy: {cfg['align_policy']!r} is not allowed with --variant baseline, which has "
+                             "no dims to align; allowed: method")
+        align.parse(cfg["align_policy"])
     _check_choice("--dtype", cfg["dtype"], DTYPES)
     _check_choice("--device", cfg["device"], DEVICES)
     model = cfg["model"]
@@ -180,6 +189,11 @@ def _validate(cfg, models):
             v = cfg[suite][key]
             if not isinstance(v, int) or v < low:
                 raise UsageError(f"--{key} ({suite}): {v!r} is not allowed; it must be an integer >= {low}")
+    for suite in SUITES.values():
+        if suite.validate:
+            suite.validate(cfg[suite.marker])
+    if not isinstance(cfg["ops_profile"], int) or cfg["ops_profile"] < 0:
+        raise UsageError(f"--ops-profile: {cfg['ops_profile']!r} is not allowed; it must be an integer >= 0 (0 = off)")
     modes = cfg["decode"].get("mode")
     if not modes or any(m not in DECODE_MODES for m in modes):
         raise UsageError(f"--decode-mode: {modes} is not allowed; allowed: one or more of {', '.join(DECODE_MODES)}")

@@ -21,6 +21,7 @@ import torch
 from torch._dynamo.utils import counters
 from transformers import DynamicCache, LlamaForCausalLM, StaticCache
 
+from . import ops
 from .models import release_memory
 from .roofline import prefill_flops, weight_bytes
 
@@ -48,24 +49,17 @@ def kv_bytes_per_position(cache):
 
 
 @torch.inference_mode()
-def prefill(lm, clock, batch, seq_len, warmup, iters, trials, seed):
-    """One iteration = one forward pass over batch x seq_len tokens, last position's logits only."""
+def prefill(lm, clock, batch, seq_len, warmup, iters, trials, seed, ops_profile=0):
+    """One iteration = one forward pass over batch x seq_len tokens, last position's logits only.
+    ops_profile > 0: that many more forwards under the profiler, after the measured ones."""
     ids = random_ids(lm.spec.config.vocab_size, batch, seq_len, seed, lm.device)
 
     def forward():
         lm.model(input_ids=ids, use_cache=False, logits_to_keep=1)
 
-    for _ in range(warmup):
-        forward()
-    latency = []
-    for _ in range(trials):
-        marks = [clock.mark()]
-        for _ in range(iters):
-            forward()
-            marks.append(clock.mark())
-        latency.append(clock.intervals_ms(marks))
-    return {"samples_ms": {"latency": latency}, "tokens": batch * seq_len,
-            "flops": prefill_flops(lm.model, batch, seq_len)}
+    return {"samples_ms": {"latency": clock.trials(forward, warmup, iters, trials)}, "tokens": batch * seq_len,
+            "flops": prefill_flops(lm.model, batch, seq_len),
+            **({"ops_profile": ops.profile(forward, ops_profile, lm.device)} if ops_profile else {})}
 
 
 def step(model, ids, cache):
@@ -103,18 +97,30 @@ def generate(model, ids, gen, clock, decode_step=step, cache=None):
 
 
 def generator(model, ids, gen, mode, backend="inductor"):
-    """One cell's generations, as run(clock) -> generate(...). eager: a fresh DynamicCache each
-    time; compiled: one StaticCache per cell, reset in place, so its tensors keep the addresses
-    the CUDA graphs captured."""
+    """One cell's generations, as run(clock) -> generate(...), and its (fresh cache, decode step).
+    eager: a fresh DynamicCache each time; compiled: one StaticCache per cell, reset in place, so
+    its tensors keep the addresses the CUDA graphs captured."""
     if mode == "eager":
-        return lambda clock: generate(model, ids, gen, clock)
-    static = StaticCache(config=model.config, max_cache_len=ids.shape[1] + gen)
-    decode_step = compiled_step(backend)
+        fresh, decode_step = (lambda: DynamicCache(config=model.config)), step
+    else:
+        static = StaticCache(config=model.config, max_cache_len=ids.shape[1] + gen)
+        decode_step = compiled_step(backend)
 
-    def run(clock):
-        static.reset()
-        return generate(model, ids, gen, clock, decode_step, static)
-    return run
+        def fresh():
+            static.reset()
+            return static
+    return (lambda clock: generate(model, ids, gen, clock, decode_step, fresh())), fresh, decode_step
+
+
+def profile_steps(model, ids, gen, fresh, decode_step, steps):
+    """`steps` decode steps (at most gen - 1, so a static cache has room) under the profiler, after the
+    prompt was prefilled outside it: a decode cell's profile is per step, as its step samples are."""
+    cache = fresh()
+    token = [step(model, ids, cache)]
+
+    def one():
+        token[0] = decode_step(model, token[0], cache)
+    return ops.profile(one, min(steps, gen - 1), model.device)
 
 
 def _graphs():
@@ -122,10 +128,11 @@ def _graphs():
 
 
 @torch.inference_mode()
-def decode(lm, clock, batch, ctx, gen, warmup, iters, trials, seed, mode="eager", backend="inductor"):
-    """One iteration = one whole generation: 1 time-to-first-token sample and gen-1 step samples."""
+def decode(lm, clock, batch, ctx, gen, warmup, iters, trials, seed, mode="eager", backend="inductor", ops_profile=0):
+    """One iteration = one whole generation: 1 time-to-first-token sample and gen-1 step samples.
+    ops_profile > 0: that many more decode steps under the profiler, after the measured generations."""
     ids = random_ids(lm.spec.config.vocab_size, batch, ctx, seed, lm.device)
-    run = generator(lm.model, ids, gen, mode, backend)
+    run, fresh, decode_step = generator(lm.model, ids, gen, mode, backend)
     compile_info = None
     if mode != "eager":
         graphs, t0 = _graphs(), time.perf_counter()
@@ -153,7 +160,9 @@ def decode(lm, clock, batch, ctx, gen, warmup, iters, trials, seed, mode="eager"
             "kv_bytes_per_position": per_position,
             # a step at position p must read every weight but the input embedding once, and p positions of KV
             "bytes_per_step": weight_bytes(lm.model, decode_step=True) + per_position * batch * (ctx + gen / 2),
-            "tokens_per_generation": batch * gen, "first_tokens": tokens[0, :8].tolist()}
+            "tokens_per_generation": batch * gen, "first_tokens": tokens[0, :8].tolist(),
+            **({"ops_profile": profile_steps(lm.model, ids, gen, fresh, decode_step, ops_profile)}
+               if ops_profile and gen > 1 else {})}
 
 
 def is_oom(e):

@@ -9,6 +9,8 @@ registry:
   - apply(lm, plan, opts, progress): transforms the loaded model in place and returns its facts,
     or raises CompressionFailed when no cell may measure the result;
   - markdown(facts) and headline(facts): the facts in run summaries and comparisons.
+A method that shapes dims (ranks, widths) hands them to the run's alignment policy (align.py,
+`--align-policy`); `default_align` is what the policy `method` means for it.
 
 A method is named in one place, its registration: `register(...)` at the end of its module. The
 built-in modules are listed in BUILTIN; more are imported from the comma-separated module names in
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 from . import UsageError
 
-BUILTIN = ("gcompress_bench.palu", "gcompress_bench.asvd")
+BUILTIN = ("gcompress_bench.palu", "gcompress_bench.asvd", "gcompress_bench.prune")
 REGISTRY = {}
 
 
@@ -50,6 +52,9 @@ class Method:
     name = "baseline"
     description = "the model as loaded"
     options = ()
+
+    def default_align(self, opts):
+        return "none"
 
     def plan(self, opts, spec, tokenizer):
         return None
@@ -124,12 +129,22 @@ def _range(o):
     return f"<= {o.maximum}"
 
 
+def options_for(cfg, m):
+    """A method's options as plan and apply read them: its own section and the run's alignment policy."""
+    policy = cfg.get("align_policy") or "method"
+    own = cfg.get(m.name) or {}
+    return {**own, "align_policy": m.default_align(own) if policy == "method" else policy}
+
+
 def label(cfg):
     """A run's label in comparisons: its method, and every method option it set away from the default
     (a method not registered here: its name alone)."""
     name, m = cfg.get("variant"), load().get(cfg.get("variant"))
     opts = cfg.get(name) or {}
     changed = [f"{o.key}={opts[o.key]}" for o in (m.options if m else ()) if o.key in opts and opts[o.key] != o.default]
+    policy = cfg.get("align_policy") or "method"
+    if m and policy != "method" and policy != m.default_align(opts):
+        changed.append(f"align={policy.partition(':')[0] if policy.startswith('budget:') else policy}")
     return " ".join([str(name), *changed])
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import UsageError, cache, calibration, latent, models, roofline
+from . import UsageError, align, cache, calibration, latent, models, roofline
 from .method import CompressionFailed, Method, Option, register
 from .models import CACHE_ROOT
 from .report import num as report_num
@@ -60,14 +60,11 @@ def module_paths(config):
     return [f"model.layers.{i}.self_attn.{p}" for i in range(config.num_hidden_layers) for p in PROJS]
 
 
-def uniform_ranks(config, ratio, gs, rounding):
-    """round(ratio * gs*head_dim), then PaLU's rounding to a multiple (at least one multiple), capped at full."""
+def uniform_ranks(config, ratio, gs):
+    """round(ratio * gs*head_dim) for every group (at least 1); PaLU's rounding to 32 is the alignment
+    policy that follows (round:32, the method's default)."""
     _, kv, hd = geometry(config)
-    full = gs * hd
-    r = ratio * full
-    if rounding > 1:
-        r = max(rounding, round(r / rounding) * rounding)
-    r = min(full, max(1, round(r)))
+    r = min(gs * hd, max(1, round(ratio * gs * hd)))
     return {path: [r] * (kv // gs) for path in module_paths(config)}
 
 
@@ -128,7 +125,7 @@ def allocate(pcfg, config, model_name, palu_name):
     check_group_size(config, gs, model_name)
     src = pcfg.get("ranks")
     if not src:
-        return uniform_ranks(config, pcfg["ratio"], gs, pcfg["rounding"]), {"source": "uniform"}
+        return uniform_ranks(config, pcfg["ratio"], gs), {"source": "uniform"}
     info = None
     if Path(src).is_dir() and not (Path(src) / "config.json").exists():
         chosen, candidates = resolve_ratio_dir(src, palu_name, pcfg["ratio"], gs, pcfg["svd"])
@@ -199,10 +196,6 @@ def load_dump_factors(folder, files, ranks):
                       {n for mod, rs in ranks.items() for n in _dump_names(mod, len(rs))})
     return {mod: (t[f"{mod}.VT.weight"], [t[f"{mod}.U.{g}.weight"] for g in range(len(rs))])
             for mod, rs in ranks.items()}
-
-
-def padded(r, align):
-    return -(-r // align) * align
 
 
 # ---------------------------------------------------------------- calibration and factorization
@@ -313,7 +306,7 @@ def compress(lm, plan, pcfg, progress=lambda line: None):
         torch.cuda.reset_peak_memory_stats(lm.device)
     config = lm.spec.config
     _, kv, hd = geometry(config)
-    gs, align = pcfg["group_size"], pcfg["align"]
+    gs = pcfg["group_size"]
     probe = calibration.probe_ids(lm)
     before = calibration.probe_logits(lm, probe)
     dump = rank_info.get("factors_from")
@@ -324,6 +317,9 @@ def compress(lm, plan, pcfg, progress=lambda line: None):
     else:
         S_all, calib = whitening_factors(lm, plan.calibration, progress) if plan.calibration else (None, None)
         factors = f"recomputed ({pcfg['svd']})"
+    policy = align.parse(pcfg["align_policy"])
+    shaped = group_modules(lm, ranks, S_all, policy)
+    dims = align.apply(policy, shaped)
     modules = {}
     layers = lm.model.model.layers
     for i, layer in enumerate(layers):
@@ -333,15 +329,15 @@ def compress(lm, plan, pcfg, progress=lambda line: None):
             old = getattr(attn, proj)
             W = old.weight.double()
             S = S_all[i].to(W.device) if S_all is not None else None
-            logical = ranks[name]
-            phys = [padded(r, align) for r in logical]
+            groups = [dims[f"{name}.group{g}"] for g in range(len(ranks[name]))]
+            kept, phys = [d["kept"] for d in groups], [d["physical"] for d in groups]
             new = PaluLinear(W.shape[1], phys, gs * hd, old.bias, old.weight.dtype, old.weight.device)
             A_rows, w_err, a_err = [], [], []
             VT, Us = stored[name] if dump else (None, None)
-            for g, (r, p) in enumerate(zip(logical, phys)):
+            for g, (r, p) in enumerate(zip(kept, phys)):
                 Wg = W[g * gs * hd:(g + 1) * gs * hd]
                 if dump:   # VT stacks the groups' down-projections in group order
-                    start = sum(logical[:g])
+                    start = sum(kept[:g])
                     B, A = (t.to(W.device, torch.float64) for t in (Us[g], VT[start:start + r]))
                 else:
                     B, A = factorize(Wg, r, S)
@@ -352,12 +348,13 @@ def compress(lm, plan, pcfg, progress=lambda line: None):
                 A_rows.append(nn.functional.pad(A, (0, 0, 0, p - r)))          # zero rows
             new.VT.weight.copy_(torch.cat(A_rows))
             setattr(attn, proj, new)
-            modules[name] = {"logical": logical, "physical": phys, "weight_rel_err": w_err,
-                             "activation_rel_err": a_err or None}
+            modules[name] = {"logical": ranks[name], "kept": kept, "physical": phys, "policy": policy.text,
+                             "expected": [d["expected"] for d in groups] if policy.table else None,
+                             "weight_rel_err": w_err, "activation_rel_err": a_err or None}
         progress(f"palu: layer {i + 1}/{len(layers)} factored ({time.perf_counter() - t0:.1f} s)")
     facts = summarize_ranks(modules, config, gs, hd)
     facts.update(rank_info=rank_info, factors=factors, svd=pcfg["svd"], ratio=pcfg["ratio"], group_size=gs,
-                 cache=pcfg["cache"], rounding=pcfg["rounding"], align=align, calibration=calib, modules=modules,
+                 cache=pcfg["cache"], alignment=align.facts(policy, shaped, dims), calibration=calib, modules=modules,
                  compress_s=round(time.perf_counter() - t0, 3),
                  memory={"peak_allocated_bytes": torch.cuda.max_memory_allocated(lm.device) if cuda else None,
                          "peak_reserved_bytes": torch.cuda.max_memory_reserved(lm.device) if cuda else None},
@@ -397,8 +394,32 @@ def headline(facts):
     return line
 
 
+def group_modules(lm, ranks, S_all, policy):
+    """Each K/V group as an alignment module; its gains (for the budget policy) are the share of the
+    group's (whitened) singular-value energy kept at each rank, the error PaLU's SVD minimizes."""
+    config = lm.spec.config
+    _, _, hd = geometry(config)
+    layers, out = lm.model.model.layers, []
+    for name, rs in ranks.items():
+        full = config.num_key_value_heads * hd // len(rs)   # a group's output rows, gs x head_dim
+        gains = None
+        if policy.kind == "budget":
+            i = int(name.split(".")[2])
+            W = getattr(layers[i].self_attn, name.rsplit(".", 1)[1]).weight.double()
+            S = S_all[i].to(W.device) if S_all is not None else None
+        for g, r in enumerate(rs):
+            if policy.kind == "budget":
+                Wg = W[g * full:(g + 1) * full]
+                energy = torch.linalg.svdvals(Wg @ S if S is not None else Wg) ** 2
+                gains = torch.cat([torch.zeros(1, dtype=energy.dtype, device=energy.device),
+                                   energy.cumsum(0) / energy.sum()]).cpu()
+            out.append(align.Module(f"{name}.group{g}", r, full, config.hidden_size + full, gains,
+                                    {"op": "lowrank", "sweep": "r", "d_in": config.hidden_size}))
+    return out
+
+
 def summarize_ranks(modules, config, gs, hd):
-    logical = [r for m in modules.values() for r in m["logical"]]
+    logical = [r for m in modules.values() for r in m["kept"]]
     phys = [r for m in modules.values() for r in m["physical"]]
     full = gs * hd * len(logical)
     hidden = config.hidden_size
@@ -423,15 +444,18 @@ def _markdown(p):
     errs = [e for m in p["modules"].values() for e in (m["activation_rel_err"] or m["weight_rel_err"])]
     finite = [e for e in errs if e is not None]   # a non-finite number is stored as null
     kind = "activation-weighted" if p["svd"] == "whiten" else "weight"
-    ranks = sorted({r for m in p["modules"].values() for r in m["logical"]})
+    requested = sorted({r for m in p["modules"].values() for r in m["logical"]})
+    ranks = sorted({r for m in p["modules"].values() for r in m.get("kept", m["logical"])})
     phys = sorted({r for m in p["modules"].values() for r in m["physical"]})
     return ["", "## PaLU compression", "",
             f"- ratio {p['ratio']}, group size {p['group_size']} ({p['groups_per_module']} groups/module, "
-            f"full rank {p['group_full_rank']}), SVD {p['svd']}, rounding {p['rounding']}, align {p['align']}",
+            f"full rank {p['group_full_rank']}), SVD {p['svd']}",
+            *align.markdown(p.get("alignment")),
             f"- {headline(p)}",
             f"- ranks from: {p['rank_info'].get('chosen') or p['rank_info'].get('path') or p['rank_info']['source']}; "
             f"factors {p.get('factors', 'recomputed')}",
-            f"- logical ranks {ranks}, physical ranks {phys}; aligned share (physical) {p['aligned_share']}",
+            f"- ranks before alignment {requested}, with weights {ranks}, in memory {phys}; aligned share (in memory) "
+            f"{p['aligned_share']}",
             f"- KV compression 1 - sum(r)/sum(gs*head_dim): logical {p['kv_compression_logical']:.4f}, "
             f"physical {p['kv_compression_physical']:.4f}; latent values/token {p['latent_values_per_token']} "
             f"vs {p['kv_values_per_token_baseline']} K+V values/token in the baseline",
@@ -470,8 +494,6 @@ class Palu(Method):
         Option("factors", "str", "load", "load (a PaLU dump's own K/V factors, when --palu-ranks holds its weights) "
                                          "or recompute", choices=("load", "recompute")),
         Option("svd", "str", "whiten", "whiten (SVD-LLM style, PaLU's default) or plain", choices=("whiten", "plain")),
-        Option("rounding", "int", 32, "ranks rounded to a multiple of N (PaLU's rule; 1 = none)", minimum=1),
-        Option("align", "int", 1, "physical dims padded with zeros to a multiple of N (1 = none)", minimum=1),
         Option("cache", "str", "full", "full (K and V cached, PaLU's HF path) or latent (the latents cached)",
                choices=("full", "latent")),
         *calibration.OPTIONS,
@@ -479,10 +501,19 @@ class Palu(Method):
     headline = staticmethod(headline)
     markdown = staticmethod(_markdown)
 
+    def default_align(self, opts):
+        """PaLU's own rule rounds uniform ranks to multiples of 32; a rank file's ranks are used as given."""
+        return "none" if opts.get("ranks") else "round:32"
+
     def plan(self, opts, spec, tokenizer):
         if opts["cache"] == "latent":
             latent.check_supported(spec.config, spec.name)
+        policy = align.parse(opts["align_policy"])
         ranks, info = allocate(opts, spec.config, spec.name, spec.canonical)
+        if info.get("factors_from") and policy.kind in ("round", "budget"):
+            raise UsageError(f"--align-policy: {policy.text!r} would change the ranks of the PaLU dump "
+                             f"{info['factors_from']['dir']}, whose factors are loaded as stored; allowed: none, pad:N, "
+                             "or --palu-factors recompute")
         whiten_here = opts["svd"] == "whiten" and not info.get("factors_from")
         return Plan(ranks, info, calibration.windows(tokenizer, spec.config, opts, self.name) if whiten_here else None)
 

@@ -70,6 +70,27 @@ def decode_latency(series, model):
                            "context length (tokens)", "ms per token", split=("gen", "mode"))
 
 
+def dims_latency(series, title):
+    """One panel per sweep series (dims.table's): p50 against the swept dim, multiples of 8 marked, so a
+    cliff at an alignment boundary shows as a step at a mark."""
+    fig, axes = plt.subplots(1, len(series), figsize=(4.6 * len(series) + 1, 3.8), squeeze=False)
+    for ax, s in zip(axes[0], series):
+        xs, ys = [p["value"] for p in s["points"]], [p["p50_ms"] for p in s["points"]]
+        ax.plot(xs, ys, color="C0", linestyle=STYLES[0], marker=".", label="p50")
+        aligned = [(x, y) for x, y in zip(xs, ys) if x % 8 == 0]
+        ax.plot([x for x, _ in aligned], [y for _, y in aligned], "o", color="C3", label="multiple of 8")
+        for x, _ in aligned:
+            ax.axvline(x, color="C3", alpha=0.15)
+        at = ", ".join(f"{k}={s[k]}" for k in ("M", "batch", "seq") if k in s)
+        fixed = " ".join(f"{k}={v}" for k, v in s["shape"].items())
+        ax.set(xlabel=s["sweep"], ylabel="p50 (ms)", title=f"{at}\n{fixed}")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def speedup_heatmaps(values, title, row_label, col_label):
     """One heatmap per candidate: values = {label: {(row, col): reference p50 / candidate p50 or None}}."""
     import numpy as np
@@ -131,6 +152,27 @@ def _bars(ax, labels, bars, title, ylabel, errors=None):
                   fontsize=8)
     ax.set(title=title, ylabel=ylabel)
     ax.legend(fontsize=8)
+
+
+def stacked_bars(stacks, title, ylabel, marks=None):
+    """stacks = {bar name: {segment: value}}, one bar per name, segments stacked in their order;
+    marks = {bar name: value} drawn as a dash (e.g. the clock's time beside the profiler's sum)."""
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(stacks) + 2), 4.8))
+    names = list(stacks)
+    segments = list(dict.fromkeys(seg for parts in stacks.values() for seg in parts))
+    bottom = [0.0] * len(names)
+    for seg in segments:
+        vals = [stacks[n].get(seg) or 0.0 for n in names]
+        ax.bar(names, vals, 0.6, bottom=bottom, label=seg)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    for i, n in enumerate(names):
+        if marks and marks.get(n) is not None:
+            ax.plot([i - 0.35, i + 0.35], [marks[n]] * 2, "k--", lw=1.2, label="clock" if i == 0 else None)
+    ax.tick_params(axis="x", labelrotation=20)
+    ax.set(title=title, ylabel=ylabel)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
 
 
 def distribution(samples, title, ylabel):

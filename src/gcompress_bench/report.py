@@ -1,9 +1,10 @@
 """Per-run summary: summary.json, run_summary.md and plots/, always regenerated from raw.json."""
+import re
 from pathlib import Path
 
-from . import method, paired, plots, roofline, stats
+from . import dims, method, paired, plots, roofline, stats
 from .results import ResultsError, read_json, write_json
-from .suites import SUITES
+from .suites import SUITES, TIMED
 
 # per-item data a summary replaces with statistics (or leaves in raw.json): every other field of a
 # cell's record reaches summary.json as it is
@@ -55,8 +56,8 @@ def _summary(raw, cfg, env):
         "timer": raw["timer"], "profile": cfg.get("profile"), "dtype": cfg.get("dtype"),
         "device": cfg.get("device_resolved"), "gpu": env.get("gpu"), "torch": env.get("torch"),
         "transformers": env.get("transformers"), "suites": cfg.get("suites"),
-        "iterations": ({s: {k: cfg[s][k] for k in ("warmup", "iters", "trials")} for s in ("prefill", "decode")}
-                       if "infer_sweep" in cfg.get("suites", ["infer_sweep"]) else None),
+        "iterations": ({m: {k: cfg[m][k] for k in ("warmup", "iters", "trials")} for m in TIMED
+                        if SUITES[m].job in cfg.get("suites", ["infer_sweep"])} or None),
         "label": method.label(cfg) if cfg.get("variant") in method.load() else raw["variant"],
         # measured facts live in raw.json; run dirs written before kept them in config.json as <method>_facts
         "model_facts": raw.get("model_facts", cfg.get("model_facts")),
@@ -109,7 +110,7 @@ def _dash_unless_ok(n, render):
     return lambda c: render(c) if c["status"] == "ok" else ["—"] * n
 
 
-def _markdown(s):
+def _markdown(s, dims_table=None):
     lines = [f"# Run {s['run_id']}", "",
              f"- variant: **{s['variant']}**; model: `{s['model']}` ({s['weights']}); dtype {s['dtype']}; "
              f"device {s['device']} ({s['gpu'] or 'no GPU'}); torch {s['torch']}, transformers {s['transformers']}",
@@ -152,6 +153,7 @@ def _markdown(s):
                                                   f"{c['n']} of {c.get('n_available', '?')}", str(c["fewshot"]),
                                                   _data_source(c), c.get("data", {}).get("docs_sha256", "—")[:12],
                                                   f"{c['seconds']:.1f}"]))
+    lines += _dims_markdown(dims_table)
     if s.get("paired"):
         lines += _paired_markdown(s["paired"], s["variant"])
     if s["method_facts"]:
@@ -191,7 +193,7 @@ def _paired_markdown(paired, name):
     return lines
 
 
-def _plots(s, out):
+def _plots(s, out, dims_table=None):
     """Latency plots of the timing cells; a quality-only run has none, and no plots/ folder."""
     series = {s["variant"]: s["cells"]}
     made = []
@@ -200,14 +202,56 @@ def _plots(s, out):
         if any(c["suite"] == suite and c["status"] == "ok" for c in s["cells"].values()):
             out.mkdir(exist_ok=True)
             made.append(plots.save(plot(series, s["model"]), out / name))
+    for op in dict.fromkeys(x["op"] for x in (dims_table or {}).get("series", [])):
+        out.mkdir(exist_ok=True)
+        fig = plots.dims_latency([x for x in dims_table["series"] if x["op"] == op],
+                                 f"{op}, {dims_table['device_name']}, {dims_table['dtype']} (p50)")
+        made.append(plots.save(fig, out / f"dims_{op}.png"))
     return made
+
+
+def _dims_markdown(table):
+    """Per sweep series: p50 at every value, its alignment, and the cliffs (neighbours > 10% apart)."""
+    if not table:
+        return []
+    lines = ["", "## dims (p50 ms per value of the swept dim)", "",
+             f"Measured on {table['device_name']}, {table['dtype']}; table: {dims.TABLE_FILE}. aligned: the largest "
+             "of 8/16/32/64 dividing the value. A cliff: neighbours whose p50 differ by more than 10%."]
+    for x in table["series"]:
+        at = ", ".join(f"{k}={x[k]}" for k in ("M", "batch", "seq") if k in x)
+        fixed = ", ".join(f"{k}={v}" for k, v in x["shape"].items())
+        lines += ["", f"### {x['op']} over {x['sweep']} ({fixed}; {at})", "",
+                  f"| {x['sweep']} | aligned | p50 | p99 | top kernel |", "|---|---|---|---|---|"]
+        lines += [f"| {p['value']} | {dims.alignment(p['value']) or ''} | {num(p['p50_ms'])} | {num(p['p99_ms'])} | "
+                  f"{_kernel_short(p['kernels'][0]) if p['kernels'] else ''} |" for p in x["points"]]
+        found = dims.cliffs(x["points"])
+        lines += ["", f"Cliffs: {len(found) or 'none'}"]
+        lines += [f"- {c['from']} -> {c['to']}: p50 x{c['ratio']:.3f}; {_kernel_change(c)}" for c in found]
+    return lines
+
+
+def _kernel_change(cliff):
+    before, after = set(cliff["kernels_from"]), set(cliff["kernels_to"])
+    if before == after:
+        return "same kernels"
+    return "kernels dropped: " + "; added: ".join(", ".join(sorted({_kernel_short(k) for k in ks})) or "none"
+                                                  for ks in (before - after, after - before))
+
+
+def _kernel_short(name):
+    """A kernel as a line can hold it: a long templated name by its longest identifier (cutlass_80_..._align2,
+    nvjet_sm90_..., cudnn_..._sdpa_...), which is the part that tells kernels apart."""
+    return name if len(name) <= 40 else max(re.findall(r"[A-Za-z_]\w*", name), key=len)
 
 
 def summarize(run_dir):
     """Write summary.json, run_summary.md and plots/ for one run dir; returns the summary."""
     run_dir = Path(run_dir)
     s = build_summary(run_dir)
-    s["plots"] = _plots(s, run_dir / "plots")
+    table = dims.table(s)
+    if table:
+        write_json(run_dir / dims.TABLE_FILE, table)
+    s["plots"] = _plots(s, run_dir / "plots", table)
     write_json(run_dir / "summary.json", s)
-    (run_dir / "run_summary.md").write_text(_markdown(s))
+    (run_dir / "run_summary.md").write_text(_markdown(s, table))
     return s

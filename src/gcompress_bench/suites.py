@@ -4,6 +4,8 @@ progress lines and summaries all read it, so a new kind of cell is one new recor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import dims
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -25,6 +27,8 @@ class Suite:
     headline: str = None         # samples_ms metric of progress lines (timed suites)
     derive: Callable = field(default=lambda rec, stats: {})   # summary fields computed from a record
     timed: bool = False          # its cells carry warm-up / iteration / trial counts
+    validate: Callable = None    # checks a grid the `grid` keys cannot describe (config section -> raises UsageError)
+    opt_in: bool = False         # runs only when -m names its marker: a long sweep no default run should start
 
     def cells(self, section):
         return [Cell(self.marker, cid, params, self.cost(params)) for cid, params in self.ids(section)]
@@ -63,6 +67,8 @@ SUITES = {s.marker: s for s in (
     Suite("lmeval", "lmeval", (),
           lambda g: [(f"{t}-{k}shot", {"task": t, "fewshot": k}) for t in g["tasks"] for k in g["fewshot"]],
           lambda p: QUALITY_COST),
+    Suite("dims", "dims", (), dims.cell_ids, dims.cost, headline="latency", derive=dims.derive, timed=True,
+          validate=dims.check_grid, opt_in=True),
 )}
 TIMED = tuple(m for m, s in SUITES.items() if s.timed)
 

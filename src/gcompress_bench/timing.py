@@ -27,3 +27,16 @@ class Clock:
             marks[-1].synchronize()
             return [a.elapsed_time(b) for a, b in zip(marks, marks[1:])]
         return [(b - a) * 1e3 for a, b in zip(marks, marks[1:])]
+
+    def trials(self, fn, warmup, iters, trials):
+        """`trials` lists of `iters` per-call ms after `warmup` untimed calls; each trial is one region."""
+        for _ in range(warmup):
+            fn()
+        out = []
+        for _ in range(trials):
+            marks = [self.mark()]
+            for _ in range(iters):
+                fn()
+                marks.append(self.mark())
+            out.append(self.intervals_ms(marks))
+        return out
