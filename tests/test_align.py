@@ -109,7 +109,7 @@ def test_round_pad_none():
     assert align.apply(align.parse("round:32"), [m])["a"]["kept"] == 352
     assert align.apply(align.parse("pad:32"), [m])["a"] == {"logical": 358, "kept": 358, "physical": 384,
                                                             "policy": "pad:32", "expected": None}
-    assert align.rounded(20, 32, 512) == 32 and align.rounded(500, 32, 510) == 510
+    assert align.rounded(20, 32, 512) == 32 and align.rounded(500, 32, 510) == 480 and align.rounded(20, 32, 24) == 24
 
 
 @pytest.mark.parametrize("text, message", [
@@ -170,8 +170,8 @@ def test_each_policy_on_each_method(smol, name):
         if policy == "none":
             assert all(lg == k == p for lg, k, p in dims) and any(p % 8 for _, _, p in dims)   # irregular as chosen
         if policy == "round:32":
-            # the nearest multiple of 32, or the module's full dim where that is above it
-            assert all(k == p and abs(p - lg) <= 16 and (p % 32 == 0 or p >= lg) for lg, k, p in dims)
+            # the nearest multiple of 32, or the largest one under the module's full dim where that is above it
+            assert all(k == p and p % 32 == 0 and (abs(p - lg) <= 16 or p < lg) for lg, k, p in dims)
         if policy == "pad:32":
             assert all(lg == k and p == -(-k // 32) * 32 for lg, k, p in dims)
             assert al["params_kept"] == al["params_budget"] < al["params_physical"]

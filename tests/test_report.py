@@ -51,7 +51,8 @@ def test_exp_group_report_is_complete_and_matches_the_summaries(group, tmp_path)
     out = tmp_path / "rep"
     md = (out / "report.md").read_text()
     assert md.splitlines()[0] == f"# baseline vs {LABELS['asvd']}, {LABELS['palu']}, {LABELS['palu-latent']}"
-    assert sorted(p.name for p in out.glob("*.png")) == sorted(PNGS)
+    profiled = [f"time_went_{c}.png" for c in ("test_prefill_B1-S16", "test_prefill_B2-S16", "test_decode_B1-ctx16-gen4")]
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(PNGS + profiled)
     for png in PNGS:
         img = imread(out / png)
         assert 300 < img.shape[0] < 4000 and 300 < img.shape[1] < 4000, png

@@ -78,7 +78,9 @@ def apply(policy, modules):
 
 
 def rounded(d, n, full):
-    return min(full, max(n, round(d / n) * n))
+    """The nearest multiple of n (at least n); where that passes the full dim, the largest multiple under it."""
+    r = max(n, round(d / n) * n)
+    return r if r <= full else (full // n) * n or full
 
 
 def facts(policy, modules, dims):
