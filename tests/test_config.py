@@ -56,6 +56,13 @@ def test_overrides_and_cell_ids():
                                 "align; allowed: method"),
     ({"ops_profile": "-1"}, "--ops-profile: -1 is not allowed; it must be an integer >= 0 (0 = off)"),
     ({"asvd_calib_samples": "x"}, "--asvd-calib-samples: 'x' is not an integer"),
+    ({"layout": "packed"}, "--layout: unknown value 'packed'; allowed: hf, fused"),
+    ({"inductor": "coordinate_descent"}, "--inductor: 'coordinate_descent' is not allowed; allowed: key=value, "
+                                         "comma-separated"),
+    ({"inductor": "no_such_knob=1"}, "--inductor: 'no_such_knob' is not a torch._inductor.config setting; allowed: "
+                                     "its settings, e.g. coordinate_descent_tuning, max_autotune, epilogue_fusion"),
+    ({"inductor": "max_autotune=1"}, "--inductor: max_autotune=1 is not allowed; allowed: a bool, e.g. "
+                                     "max_autotune=False"),
     ({"profile": "huge"}, "--profile: unknown profile 'huge'; allowed: full, long, quick"),
     ({"model": "nope"}, "--model: unknown model 'nope'; allowed: smollm2-135m, llama3-8b-shape, an HF id "
                         "(org/name) in the local HF cache, or a local model folder"),

@@ -269,13 +269,17 @@ def bad_cases(d):
                                                            "quality suites (ppl, lmeval) need pretrained weights"),
         ("llm_run", ["--decode-mode", "graph"], "--decode-mode: ['graph'] is not allowed; allowed: one or more of "
                                                 "eager, compiled"),
+        ("llm_run", ["--variant", "palu", "--palu-cache", "latent", "--palu-latent-kernel", "fused"],
+         "--palu-latent-kernel: 'fused' cannot run here: no CUDA device (the device is cpu); allowed: auto, unfused"),
+        ("llm_run", ["--inductor", "max_autotune=maybe"], "--inductor: max_autotune='maybe' is not allowed; allowed: a "
+                                                          "bool"),
     ]
     cases = [(cli, args, line) for cli, args, line in named]
     methods = method.load().values()
     choices = {f"--{m.name}-{o.key.replace('_', '-')}" for m in methods for o in m.options if o.choices}
     for flag, _, kind, _ in config.options():
         values = {"int": ["x", "1.5"], "float": ["x", "nan"], "ints": ["1,x", "-4", "2,2"], "strs": [","],
-                  "limit": ["0", "some"], "str": ["bogus"], "flag": []}[kind]
+                  "limit": ["0", "some"], "str": ["bogus"], "flag": [], "settings": ["x", "bogus_knob=1"]}[kind]
         if flag in ("--results-root", "--run-id", "--exp-group", "--seed"):
             continue     # any name is a valid results root or id; any integer a seed
         if kind == "str" and flag not in ("--profile", "--device", "--dtype", "--shard", *choices):

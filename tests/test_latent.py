@@ -132,8 +132,8 @@ def test_latent_cache_in_the_compiled_decode_loop(fp32):
     ids = infer.random_ids(49152, 2, 16, 0, "cpu")
     graphs = infer._graphs()
     with torch.inference_mode():
-        a, _, _ = infer.generate(full, ids, 10, Clock("cpu"))
+        a, _, _, _ = infer.generate(full, ids, 10, Clock("cpu"))
         static = infer.StaticCache(config=lat.config, max_cache_len=26)
-        b, _, cache = infer.generate(lat, ids, 10, Clock("cpu"), infer.compiled_step("aot_eager"), static)
+        b, _, _, cache = infer.generate(lat, ids, 10, Clock("cpu"), infer.compiled_step("aot_eager"), static)
     assert torch.equal(a, b) and infer._graphs() - graphs == 1
     assert cache.layers[0].keys.shape == (2, 1, 26, 128)

@@ -4,6 +4,7 @@ import torch
 
 from gcompress_bench import infer, models, ops
 from gcompress_bench.config import resolve
+from gcompress_bench.timing import Clock
 
 from .conftest import REPO
 
@@ -80,10 +81,11 @@ def test_a_cpu_profile_counts_each_linear_of_a_forward(smol):
 
 def test_a_decode_profile_is_per_step_after_the_prompt(smol):
     """Steps only: each runs the 211 linears once on one new token per row."""
-    ids = infer.random_ids(smol.spec.config.vocab_size, 2, 8, 0, "cpu")
-    with torch.inference_mode():
-        _, fresh, step = infer.generator(smol.model, ids, 6, "eager")
-        prof = infer.profile_steps(smol.model, ids, 6, fresh, step, steps=9)
+    rec = infer.decode(smol, Clock("cpu"), batch=2, ctx=8, gen=6, warmup=0, iters=1, trials=1, seed=0, ops_profile=9)
+    prof = rec["ops_profile"]
     assert prof["iters"] == 5   # at most gen - 1 steps: a static cache has room for no more
+    assert {k: rec["busy"][k] for k in ("iters", "device_ms_per_iter", "unit")} == {
+        "iters": 5, "device_ms_per_iter": prof["profiler_ms_per_iter"], "unit": prof["unit"]}
+    assert 0 < rec["busy"]["profile_s"] < 60
     mm = next(k for k in prof["top_kernels"] if k["name"] == "aten::mm")
     assert mm["count"] == 211 and mm["shapes"][0] == [2, 576]

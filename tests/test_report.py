@@ -228,3 +228,10 @@ def test_profiles_sorted_by_different_tables_are_labelled():
     cand = {"label": "x", "cells": {"c": cell(prof("abc", 3.0))}}
     (row,) = comparison._time_went_rows(ref, [cand])
     assert row["classification"] == {"baseline": "unversioned", "x": "abc"} and row["delta_ms"]["x"]["gemm"] == 1.0
+
+
+def test_a_host_bound_cell_is_marked_in_comparison_tables():
+    ms = "{:.3f}".format
+    assert comparison._p50({"p50": 20.5, "host_bound": True}, ms) == "20.500 **host-bound**"
+    assert comparison._p50({"p50": 5.0, "host_bound": False}, ms) == "5.000"
+    assert comparison._p50({"missing": "not run"}, ms) == "not run"

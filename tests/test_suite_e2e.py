@@ -67,9 +67,35 @@ def test_quick_infer_sweep_writes_a_complete_run(llm_run, variant):
     pre = summary["cells"]["test_prefill[B2-S16]"]["roofline"]
     assert pre["TFLOPs"] == pytest.approx(raw["cells"]["test_prefill[B2-S16]"]["flops"] / (
         describe(raw["cells"]["test_prefill[B2-S16]"]["samples_ms"]["latency"])["p50"] / 1e3) / 1e12, abs=0.006)
+    # the decode step against its floors, from the recorded bytes and the measured copy ceiling
+    brk = summary["cells"]["test_decode[B1-ctx16-gen4]"]["roofline_breakdown"]
+    assert brk["weights_floor_ms"] == pytest.approx(weights / ceil["copy_GBps"] / 1e6)
+    assert brk["kv_floor_ms"] == pytest.approx(dec["kv_bytes_per_step"] / ceil["copy_GBps"] / 1e6)
+    assert brk["gap_ms"] == pytest.approx(describe(dec["samples_ms"]["step"])["p50"] - brk["weights_floor_ms"]
+                                          - brk["kv_floor_ms"])
+    # the device's busy share: its own time per iteration (a short profile) over the p50; the host's time per step
+    for cid, metric in zip(ids, ("latency", "latency", "step")):
+        c = summary["cells"][cid]
+        assert c["device_busy"] == pytest.approx(raw["cells"][cid]["busy"]["device_ms_per_iter"]
+                                                 / c["stats_ms"][metric]["p50"])
+        assert c["host_bound"] == (c["device_busy"] < 0.8) and raw["cells"][cid]["busy"]["iters"] == 3
+        assert c["host_stats_ms"][metric] == describe(raw["cells"][cid]["host_samples_ms"][metric])
+    assert dec["busy"]["iters"] == 3 and len(dec["host_samples_ms"]["step"][0]) == 9
+    # harness efficiency: the measured regions (every prefill forward, every whole generation) over the wall time
+    h = summary["harness"]
+    measured = sum(sum(map(sum, raw["cells"][c]["samples_ms"]["latency"])) for c in ids[:2]) + \
+        sum(map(sum, dec["samples_ms"]["total"]))
+    assert h["parts_s"]["measured"] == pytest.approx(measured / 1e3)
+    assert sum(h["parts_s"].values()) == pytest.approx(h["wall_s"]) and h["efficiency"] == pytest.approx(
+        measured / 1e3 / h["wall_s"])
+    assert 0 < h["efficiency"] < 1 and min(h["parts_s"].values()) >= -0.05
+    assert summary["host"]["launches_per_s_start"] == ceil["launches_per_s"] > 0
+    assert summary["host"]["launches_per_s_end"] == raw["launches_per_s_end"] > 0
+    assert model["layout"] == "fused" and cfg["layout"] == "fused"
     report = json.loads((run / "pytest-report.json").read_text())
     assert {t["nodeid"].split("::")[-1]: t["outcome"] for t in report["tests"]} == dict.fromkeys(ids, "passed")
     md = (run / "run_summary.md").read_text()
+    assert f"(**{100 * h['efficiency']:.0f}%**)" in md and "## decode roofline" in md
     p50 = summary["cells"]["test_prefill[B1-S16]"]["stats_ms"]["latency"]["p50"]
     assert f"| test_prefill[B1-S16] | ok | {p50:.3f} |" in md
     assert "[3/3] test_decode[B1-ctx16-gen4] ok step p50" in proc.stdout
@@ -94,7 +120,7 @@ def test_quick_infer_sweep_writes_a_complete_run(llm_run, variant):
         layer = "## ASVD compression" in md and f"| model.layers.0.mlp.up_proj | 1536 x 576 | {mod['rank'] or 'dense'} |"
         assert layer in md and md.splitlines()[4].startswith("- asvd: requested 0.95 of the parameters kept")
     else:
-        assert facts is None and "compression" not in md
+        assert facts is None and not [line for line in md.splitlines() if line.startswith("## ") and "compression" in line]
 
 
 @pytest.mark.slow
@@ -142,6 +168,7 @@ def test_oom_cell_is_skipped_with_reason_and_the_grid_goes_on(llm_run, kind, err
     assert "[2/3] test_prefill[B2-S16] skipped" in proc.stdout
     assert raw["cells"]["test_decode[B1-ctx16-gen4]"]["status"] == "ok"
     md = (run / "run_summary.md").read_text()
+    assert f"(**{100 * h['efficiency']:.0f}%**)" in md and "## decode roofline" in md
     assert "| test_prefill[B2-S16] | skipped: OOM |" in md
     assert "- test_prefill[B2-S16]: skipped (OOM); left out of every statistic" in md
     outcomes = {t["nodeid"].split("::")[-1]: t["outcome"]

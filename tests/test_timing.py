@@ -79,9 +79,64 @@ def test_no_host_sync_inside_a_measured_decode_region(monkeypatch, mode):
 
     clock = CountingClock()
     with torch.inference_mode():
-        tokens, ms, _ = infer.generate(lm.model, ids, 6, clock, decode_step, cache)
+        tokens, ms, _, _ = infer.generate(lm.model, ids, 6, clock, decode_step, cache)
     assert len(clock.calls_at_mark) == 7 and len(ms) == 6 and tokens.shape == (2, 6)
     if mode == "eager":
         assert clock.calls_at_mark == [0] * 7, calls
     else:   # HF's SDPA mask reads the static cache's offset once, in the eager prefill (TTFT); steps: none
         assert clock.calls_at_mark == [0] + [1] * 6 and calls == ["__bool__"], calls
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from gcompress_bench import models
+    from gcompress_bench.config import resolve
+    return models.load(models.resolve("smollm2-135m", resolve({})["models"]), "float32", torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_a_planted_slow_host_is_flagged_and_a_clean_run_is_not(smol, monkeypatch):
+    """A sleep inside every decode step is host time the device (here the CPU's operators) never sees:
+    the cell's busy share falls under 80% and it is marked host-bound; the same cell without it is not.
+    A sleep in the second trial only is host time that drifts between trials: the run summary warns."""
+    from gcompress_bench import infer, report
+    cell = {"batch": 2, "ctx": 16, "gen": 6}
+
+    def measured():
+        rec = infer.decode(smol, Clock("cpu"), **cell, warmup=1, iters=2, trials=2, seed=0)
+        return report._cell_summary({"suite": "decode", "params": cell, "status": "ok", **rec}, None)
+    clean = measured()
+    step, calls = infer.step, []
+
+    def slow_step(*a, sleep_ms=60):
+        calls.append(1)
+        time.sleep(sleep_ms / 1e3)
+        return step(*a)
+    monkeypatch.setattr(infer, "step", slow_step)
+    slow = measured()
+    assert calls and clean["device_busy"] >= 0.8 and not clean["host_bound"], clean["device_busy"]
+    assert slow["device_busy"] < 0.8 and slow["host_bound"], slow["device_busy"]
+    assert slow["stats_ms"]["step"]["p50"] >= clean["stats_ms"]["step"]["p50"] + 55
+    assert report.host_check({"clean": clean, "slow": slow}, 1000.0, 1100.0)["host_bound_cells"] == ["slow"]
+
+    trial = iter([0] * 18)   # a generation calls the step 6 times: warm-up and trial 1 (3 generations) run clean
+    monkeypatch.setattr(infer, "step", lambda *a: slow_step(*a, sleep_ms=next(trial, 60)))
+    drifted = measured()
+    assert drifted["host_drift"] > 0.5, drifted["host_drift"]
+
+
+def test_host_checks_warn_on_a_moved_launch_rate_and_drifting_cells():
+    from gcompress_bench import report
+    cells = {"a": {"host_drift": 0.5, "host_bound": True}, "b": {"host_drift": 0.1}, "c": {"host_drift": None}}
+    quiet = report.host_check(cells, 1000.0, 1100.0)
+    assert quiet["change"] == pytest.approx(0.1) and quiet["host_bound_cells"] == ["a"]
+    assert quiet["drifting_cells"] == {"a": 0.5} and len(quiet["warnings"]) == 1
+    assert report.host_check(cells, 1000.0, 700.0)["warnings"] == [
+        "the host's launch rate moved -30% between session start (1000/s) and end (700/s): the host was shared or "
+        "throttled; the host-bound cells (a) are affected; re-run them",
+        "host time per iteration drifted between trials by more than 20% in a (50%): those cells are affected; "
+        "re-run them"]
+    assert report.host_check({"b": cells["b"]}, 1000.0, 700.0)["warnings"] == [
+        "the host's launch rate moved -30% between session start (1000/s) and end (700/s): the host was shared or "
+        "throttled; no cell here is host-bound, so their times are the device's"]
+    assert report._drift([[10, 11, 12], [12, 13, 14]]) == pytest.approx(2 / 11) and report._drift([[5]]) is None

@@ -27,6 +27,8 @@ class SilentClock(timing.Clock):
     def intervals_ms(self, marks):
         return [0.0] * (len(marks) - 1)
 
+    host_ms = intervals_ms
+
 
 def _outer_ms(fn):
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

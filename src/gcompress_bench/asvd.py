@@ -42,6 +42,10 @@ class LowRankLinear(nn.Module):
     def forward(self, x):
         return self.B(self.A(x))
 
+    def stages(self):
+        """(the Linear applied to the input, the rest): what a fused layout stacks with its neighbours."""
+        return self.A, self.B
+
 
 def _modules(model):
     return {f"model.layers.{i}.{t}": layer.get_submodule(t) for i, layer in enumerate(model.model.layers)

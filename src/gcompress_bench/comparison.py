@@ -13,7 +13,7 @@ RUN_KEYS = ("model", "weights", "dtype", "timer", "device")
 # The settings that change a number, per suite a run holds: runs merged into one column must agree on them.
 SETTINGS = {"all": ("model", "dtype", "profile"),
             "infer_sweep": ("prefill.warmup", "prefill.iters", "prefill.trials", "decode.warmup", "decode.iters",
-                            "decode.trials", "decode.mode", "seed"),
+                            "decode.trials", "decode.mode", "decode.inductor", "layout", "seed"),
             "ppl": ("ppl.corpus", "ppl.seq_len", "ppl.stride"),
             "lmeval": ("lmeval.limit", "lmeval.batch_size", "lmeval.tasks_path")}
 
@@ -81,6 +81,11 @@ def _suite_ids(sides, suite):
     return sorted(params, key=lambda cid: tuple(str(v).zfill(8) for v in params[cid].values()))
 
 
+def _p50(v, fmt):
+    """A p50 as a table shows it, marked where the host, not the device, set the cell's time."""
+    return _v(v, "p50", fmt) + (" **host-bound**" if v.get("host_bound") else "")
+
+
 def _latency_rows(ref, cands, suite, metric):
     rows = []
     for cid in _suite_ids([ref, *cands], suite):
@@ -92,7 +97,8 @@ def _latency_rows(ref, cands, suite, metric):
                 **{k: c["stats_ms"][metric][k] for k in ("p50", "p90", "p99", "std")},
                 "tokens_per_s": c["tokens_per_s"], "ttft_ms": c.get("ttft_ms"), "roofline": c.get("roofline"),
                 "peak_allocated_bytes": c["memory"]["peak_allocated_bytes"],
-                "peak_reserved_bytes": c["memory"]["peak_reserved_bytes"], "kv_cache_bytes": c.get("kv_cache_bytes")}
+                "peak_reserved_bytes": c["memory"]["peak_reserved_bytes"], "kv_cache_bytes": c.get("kv_cache_bytes"),
+                "host_bound": c.get("host_bound")}
         base = row["values"][ref["label"]].get("p50")
         for side in cands:
             p50 = row["values"][side["label"]].get("p50")
@@ -219,13 +225,13 @@ def markdown(rep):
         lines += _table("prefill latency (ms; speedup = reference p50 / candidate p50)",
                         ["cell", f"{ref} p50", "p99"] + [h for label in labels for h in (f"{label} p50", "p99",
                                                                                           "speedup")],
-                        [[r["cell"], _v(r["values"][ref], "p50", ms), _v(r["values"][ref], "p99", ms)] +
-                         [x for label in labels for x in (_v(r["values"][label], "p50", ms),
+                        [[r["cell"], _p50(r["values"][ref], ms), _v(r["values"][ref], "p99", ms)] +
+                         [x for label in labels for x in (_p50(r["values"][label], ms),
                                                           _v(r["values"][label], "p99", ms), sp(r, label))]
                          for r in rep["prefill"]])
     if rep["decode"]:
         gbps = lambda v: f"{v['roofline']['GBps']:.0f}" if v.get("roofline") else "n/a"  # noqa: E731
-        cols = lambda v: [_v(v, "p50", ms), _v(v, "p99", ms), _v(v, "tokens_per_s", "{:.1f}".format),  # noqa: E731
+        cols = lambda v: [_p50(v, ms), _v(v, "p99", ms), _v(v, "tokens_per_s", "{:.1f}".format),  # noqa: E731
                           _v(v, "ttft_ms", ms), "—" if "missing" in v else gbps(v)]
         lines += _table("decode (ms/token p50, p99, tokens/s, time to first token ms, GB/s)",
                         ["cell", f"{ref} p50", "p99", "tok/s", "TTFT", "GB/s"] +

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from . import REPO_ROOT, UsageError, align, method
+from . import REPO_ROOT, UsageError, align, layout, method
 from .suites import SUITES, TIMED
 
 SUITES_FILE = REPO_ROOT / "experiments" / "llm_suites.yaml"
@@ -36,6 +36,10 @@ OPTIONS = [
     ("--warmup", "warmup", "int", "warm-up iterations per cell (overrides every timed suite)"),
     ("--iters", "iters", "int", "measured iterations per trial (overrides every timed suite)"),
     ("--trials", "trials", "int", "trials per cell (overrides every timed suite)"),
+    ("--layout", "layout", "str", "timing suites' module layout: fused (one GEMM for Q/K/V and one for gate/up, "
+                                  "decode attention per KV head, every method alike) or hf (the modules as built)"),
+    ("--inductor", "decode.inductor", "settings", "compiled decode: torch._inductor.config settings, e.g. "
+                                                  "coordinate_descent_tuning=true,max_autotune=false"),
     ("--ops-profile", "ops_profile", "int", "after each timed cell's measured iterations, N more (decode: steps) under "
                                             "torch.profiler: time per operator family, top kernels, GEMM kernels (0 = off)"),
     ("--prefill-batch", "prefill.batch", "ints", "prefill batch sizes, e.g. 1,4,8"),
@@ -80,11 +84,36 @@ def _parse(flag, kind, raw):
             return [v for v in str(raw).split(",") if v]
         if kind == "limit":
             return "all" if raw == "all" else int(raw)
+        if kind == "settings":
+            return dict(_setting(flag, item) for item in str(raw).split(",") if item)
     except ValueError:
         want = {"int": "an integer", "float": "a number", "ints": "a comma-separated list of integers",
                 "limit": "an integer or 'all'"}[kind]
         raise UsageError(f"{flag}: {raw!r} is not {want}") from None
     return raw
+
+
+def _setting(flag, item):
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise UsageError(f"{flag}: {item!r} is not allowed; allowed: key=value, comma-separated")
+    return key.strip(), yaml.safe_load(value)
+
+
+def check_inductor(settings):
+    """Each key a torch._inductor.config setting, each value of the setting's own type."""
+    from torch._inductor import config as inductor
+    if not isinstance(settings, dict):
+        raise UsageError(f"--inductor: {settings!r} is not allowed; allowed: key=value settings")
+    for key, value in settings.items():
+        try:
+            current = getattr(inductor, key) if "." not in key else inductor.get_config_copy()[key]
+        except (AttributeError, KeyError):
+            raise UsageError(f"--inductor: {key!r} is not a torch._inductor.config setting; allowed: its "
+                             "settings, e.g. coordinate_descent_tuning, max_autotune, epilogue_fusion") from None
+        if current is not None and type(value) is not type(current):
+            raise UsageError(f"--inductor: {key}={value!r} is not allowed; allowed: a {type(current).__name__}, "
+                             f"e.g. {key}={current!r}")
 
 
 def load_suites(path=None):
@@ -194,6 +223,8 @@ def _validate(cfg, models):
             suite.validate(cfg[suite.marker])
     if not isinstance(cfg["ops_profile"], int) or cfg["ops_profile"] < 0:
         raise UsageError(f"--ops-profile: {cfg['ops_profile']!r} is not allowed; it must be an integer >= 0 (0 = off)")
+    _check_choice("--layout", cfg["layout"], layout.LAYOUTS)
+    check_inductor(cfg["decode"].get("inductor", {}))
     modes = cfg["decode"].get("mode")
     if not modes or any(m not in DECODE_MODES for m in modes):
         raise UsageError(f"--decode-mode: {modes} is not allowed; allowed: one or more of {', '.join(DECODE_MODES)}")

@@ -200,7 +200,7 @@ def measure(clock, config, dtype, dev, seed, warmup, iters, trials, op, sweep, v
     s = shape(params, config)
     dtype = getattr(torch, dtype)
     fn = operator(op, s, dtype, dev, seed)
-    latency = clock.trials(fn, warmup, iters, trials)
+    latency, _ = clock.trials(fn, warmup, iters, trials)
     prof = ops.profile(fn, iters, dev)
     names = [k["name"] for k in prof["top_kernels"]]
     return {"samples_ms": {"latency": latency}, "op": op, "sweep": sweep, "value": value, "shape": s,

@@ -48,6 +48,19 @@ def kv_bytes_per_position(cache):
     return sum(t.numel() // (t.shape[0] * t.shape[2]) * t.element_size() for t in _cache_tensors(cache))
 
 
+BUSY_ITERS = 3   # profiled iterations (decode: steps) that give a cell's device-busy share when --ops-profile is off
+
+
+def _device_time(fn, ops_profile, device, most=None):
+    """After the measured iterations: the ops profile (when asked for) and the device's own time per
+    iteration, from it or from a short profile of BUSY_ITERS iterations; at most `most` iterations."""
+    t0 = time.perf_counter()
+    prof = ops.profile(fn, min(ops_profile or BUSY_ITERS, most or BUSY_ITERS + ops_profile), device)
+    busy = {"iters": prof["iters"], "device_ms_per_iter": prof["profiler_ms_per_iter"], "unit": prof["unit"],
+            "profile_s": round(time.perf_counter() - t0, 3)}
+    return {"busy": busy, **({"ops_profile": prof} if ops_profile else {})}
+
+
 @torch.inference_mode()
 def prefill(lm, clock, batch, seq_len, warmup, iters, trials, seed, ops_profile=0):
     """One iteration = one forward pass over batch x seq_len tokens, last position's logits only.
@@ -57,9 +70,14 @@ def prefill(lm, clock, batch, seq_len, warmup, iters, trials, seed, ops_profile=
     def forward():
         lm.model(input_ids=ids, use_cache=False, logits_to_keep=1)
 
-    return {"samples_ms": {"latency": clock.trials(forward, warmup, iters, trials)}, "tokens": batch * seq_len,
-            "flops": prefill_flops(lm.model, batch, seq_len),
-            **({"ops_profile": ops.profile(forward, ops_profile, lm.device)} if ops_profile else {})}
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        forward()
+    warmup_s = time.perf_counter() - t0
+    latency, host = clock.trials(forward, 0, iters, trials)
+    return {"samples_ms": {"latency": latency}, "host_samples_ms": {"latency": host}, "warmup_s": round(warmup_s, 3),
+            "tokens": batch * seq_len, "flops": prefill_flops(lm.model, batch, seq_len),
+            **_device_time(forward, ops_profile, lm.device)}
 
 
 def step(model, ids, cache):
@@ -68,11 +86,13 @@ def step(model, ids, cache):
     return out.logits[:, -1:].argmax(-1)
 
 
-def compiled_step(backend="inductor"):
-    """`step` under torch.compile. inductor gets CUDA graphs (reduce-overhead); tests on CPU pass
+def compiled_step(backend="inductor", inductor=None):
+    """`step` under torch.compile. inductor gets CUDA graphs (what mode reduce-overhead sets) and the
+    run's inductor settings (`inductor`, e.g. coordinate_descent_tuning); tests on CPU pass
     backend="aot_eager" to check the capture (one graph, no break) without a compiler toolchain."""
     compiled = torch.compile(step, backend=backend, fullgraph=True,
-                             **({"mode": "reduce-overhead"} if backend == "inductor" else {}))
+                             **({"options": {"triton.cudagraphs": True, **(inductor or {})}}
+                                if backend == "inductor" else {}))
 
     def replay(model, ids, cache):
         # a CUDA-graph replay overwrites its output buffer: keep each token in its own tensor
@@ -82,8 +102,9 @@ def compiled_step(backend="inductor"):
 
 
 def generate(model, ids, gen, clock, decode_step=step, cache=None):
-    """Greedy generation of exactly `gen` tokens; returns tokens, per-interval ms and the cache.
-    The prompt always goes through the eager `step`; the gen-1 decode steps through `decode_step`."""
+    """Greedy generation of exactly `gen` tokens; returns tokens, per-interval ms, the same intervals'
+    host ms and the cache. The prompt always goes through the eager `step`; the gen-1 decode steps
+    through `decode_step`."""
     cache = DynamicCache(config=model.config) if cache is None else cache
     marks = [clock.mark()]
     token = step(model, ids, cache)
@@ -93,10 +114,10 @@ def generate(model, ids, gen, clock, decode_step=step, cache=None):
         token = decode_step(model, token, cache)
         tokens.append(token)
         marks.append(clock.mark())
-    return torch.cat(tokens, dim=1), clock.intervals_ms(marks), cache
+    return torch.cat(tokens, dim=1), clock.intervals_ms(marks), clock.host_ms(marks), cache
 
 
-def generator(model, ids, gen, mode, backend="inductor"):
+def generator(model, ids, gen, mode, backend="inductor", inductor=None):
     """One cell's generations, as run(clock) -> generate(...), and its (fresh cache, decode step).
     eager: a fresh DynamicCache each time; compiled: one StaticCache per cell, reset in place, so
     its tensors keep the addresses the CUDA graphs captured."""
@@ -104,7 +125,7 @@ def generator(model, ids, gen, mode, backend="inductor"):
         fresh, decode_step = (lambda: DynamicCache(config=model.config)), step
     else:
         static = StaticCache(config=model.config, max_cache_len=ids.shape[1] + gen)
-        decode_step = compiled_step(backend)
+        decode_step = compiled_step(backend, inductor)
 
         def fresh():
             static.reset()
@@ -112,15 +133,15 @@ def generator(model, ids, gen, mode, backend="inductor"):
     return (lambda clock: generate(model, ids, gen, clock, decode_step, fresh())), fresh, decode_step
 
 
-def profile_steps(model, ids, gen, fresh, decode_step, steps):
-    """`steps` decode steps (at most gen - 1, so a static cache has room) under the profiler, after the
-    prompt was prefilled outside it: a decode cell's profile is per step, as its step samples are."""
+def one_step(model, ids, fresh, decode_step):
+    """A decode step to profile, after the prompt was prefilled outside the profiler: a decode cell's
+    profile is per step, as its step samples are. A static cache has room for gen - 1 of them."""
     cache = fresh()
     token = [step(model, ids, cache)]
 
     def one():
         token[0] = decode_step(model, token[0], cache)
-    return ops.profile(one, min(steps, gen - 1), model.device)
+    return one
 
 
 def _graphs():
@@ -128,41 +149,45 @@ def _graphs():
 
 
 @torch.inference_mode()
-def decode(lm, clock, batch, ctx, gen, warmup, iters, trials, seed, mode="eager", backend="inductor", ops_profile=0):
+def decode(lm, clock, batch, ctx, gen, warmup, iters, trials, seed, mode="eager", backend="inductor", ops_profile=0,
+           inductor=None):
     """One iteration = one whole generation: 1 time-to-first-token sample and gen-1 step samples.
     ops_profile > 0: that many more decode steps under the profiler, after the measured generations."""
     ids = random_ids(lm.spec.config.vocab_size, batch, ctx, seed, lm.device)
-    run, fresh, decode_step = generator(lm.model, ids, gen, mode, backend)
+    run, fresh, decode_step = generator(lm.model, ids, gen, mode, backend, inductor)
     compile_info = None
     if mode != "eager":
         graphs, t0 = _graphs(), time.perf_counter()
         run(clock)
-        compile_info = {"backend": backend, "first_generation_s": round(time.perf_counter() - t0, 3),
-                        "graphs_compiled": _graphs() - graphs}
+        compile_info = {"backend": backend, "inductor": inductor or {},
+                        "first_generation_s": round(time.perf_counter() - t0, 3), "graphs_compiled": _graphs() - graphs}
     t0 = time.perf_counter()
     for _ in range(warmup):
         run(clock)
     warmup_s = time.perf_counter() - t0
-    ttft, steps, total = [], [], []
+    ttft, steps, total, host = [], [], [], []
     for _ in range(trials):
-        t_ttft, t_step, t_total = [], [], []
+        t_ttft, t_step, t_total, t_host = [], [], [], []
         for _ in range(iters):
-            tokens, ms, cache = run(clock)
+            tokens, ms, host_ms, cache = run(clock)
             t_ttft.append(ms[0])
             t_step.extend(ms[1:])
             t_total.append(sum(ms))
+            t_host.extend(host_ms[1:])
         ttft.append(t_ttft)
         steps.append(t_step)
         total.append(t_total)
+        host.append(t_host)
     per_position = kv_bytes_per_position(cache)
-    return {"samples_ms": {"ttft": ttft, "step": steps, "total": total}, "compile": compile_info,
-            "warmup_s": round(warmup_s, 3), "kv_cache_bytes": kv_cache_bytes(cache),
+    # a step at position p must read every weight but the input embedding once, and p positions of KV
+    weights, kv = weight_bytes(lm.model, decode_step=True), per_position * batch * (ctx + gen / 2)
+    return {"samples_ms": {"ttft": ttft, "step": steps, "total": total}, "host_samples_ms": {"step": host},
+            "compile": compile_info, "warmup_s": round(warmup_s, 3), "kv_cache_bytes": kv_cache_bytes(cache),
             "kv_bytes_per_position": per_position,
-            # a step at position p must read every weight but the input embedding once, and p positions of KV
-            "bytes_per_step": weight_bytes(lm.model, decode_step=True) + per_position * batch * (ctx + gen / 2),
+            "bytes_per_step": weights + kv, "weight_bytes_per_step": weights, "kv_bytes_per_step": kv,
             "tokens_per_generation": batch * gen, "first_tokens": tokens[0, :8].tolist(),
-            **({"ops_profile": profile_steps(lm.model, ids, gen, fresh, decode_step, ops_profile)}
-               if ops_profile and gen > 1 else {})}
+            **(_device_time(one_step(lm.model, ids, fresh, decode_step), ops_profile, lm.device, most=gen - 1)
+               if gen > 1 else {})}
 
 
 def is_oom(e):
@@ -177,7 +202,7 @@ def run_cell(fn, device, **params):
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     at_start = torch.cuda.memory_allocated(device) if cuda else None
-    oom = None
+    oom, t0 = None, time.perf_counter()
     try:
         record = {"status": "ok", **fn(**params)}
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
@@ -186,6 +211,7 @@ def run_cell(fn, device, **params):
         oom = str(e).splitlines()[0] if str(e) else "out of memory"
     if oom is not None:
         record = {"status": "skipped", "reason": "OOM", "error": oom}
+    record["wall_s"] = round(time.perf_counter() - t0, 3)
     record["memory"] = {
         "allocated_at_start_bytes": at_start,
         "peak_allocated_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,

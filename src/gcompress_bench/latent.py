@@ -7,12 +7,21 @@ attention weights multiply the V latent, and V's up-projection is folded into o_
 The latents ride in the model's ordinary transformers cache (a DynamicCache, or the compiled
 mode's StaticCache) as one "head" of width Σr, so generate(), masks, get_seq_length and the suite's own loop work unchanged.
 Positions of cached tokens are 0..T-1: unpadded prompts, as the suite feeds them.
+
+Decode attention has two implementations: "unfused" (torch; rebuilds K for the whole cache in
+memory, then attends) and "fused" (latent_kernel's Triton kernel; rebuilds K block by block in
+registers). enable() picks one per model and says which, so a run can record it.
 """
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import UsageError
+from . import UsageError, latent_kernel
+
+KERNELS = ("auto", "fused", "unfused")
+# Rows of the fused kernel's RoPE table: Llama-3.1's context, since the suite runs models past their
+# max_position_embeddings (Llama-3-8B's 8192 at 32k). 32 MiB in bf16 at head_dim 128, once per model.
+FUSED_POSITIONS = 131072
 
 
 def _rotate_half(x):
@@ -40,9 +49,11 @@ def grouped_decode_attention(q, k, v, mask, scale):
 
 
 class LatentAttention(nn.Module):
-    """Replaces a LlamaAttention whose k_proj and v_proj are PaluLinear."""
+    """Replaces a LlamaAttention whose k_proj and v_proj are PaluLinear. With `shared` (a
+    latent_kernel.Shared) decode runs the fused kernel, without it the torch path; `kernel` says
+    which."""
 
-    def __init__(self, attn, rotary, config):
+    def __init__(self, attn, rotary, config, shared=None):
         super().__init__()
         self.layer_idx = attn.layer_idx
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -51,6 +62,7 @@ class LatentAttention(nn.Module):
         self.scaling = attn.scaling
         self.q_proj, self.k_proj = attn.q_proj, attn.k_proj
         self.v_down = attn.v_proj.VT
+        self.qkv = None   # layout.Fused of q_proj, k_proj.VT and v_down under --layout fused
         self.k_ranks, self.v_ranks = attn.k_proj.ranks, attn.v_proj.ranks
         self.gs = self.kv_heads // len(self.v_ranks)
         object.__setattr__(self, "rotary", rotary)   # shared with the model, not a submodule of ours
@@ -61,6 +73,12 @@ class LatentAttention(nn.Module):
             self.o_proj.weight.copy_(self._folded_o_proj(attn.o_proj.weight, attn.v_proj))
             if attn.o_proj.bias is not None:
                 self.o_proj.bias.copy_(attn.o_proj.bias)
+        self.kernel = "unfused" if shared is None else "fused"
+        if shared is not None:
+            object.__setattr__(self, "shared", shared)   # one RoPE table for every layer
+            up, meta = latent_kernel.pack(self.k_proj.U, self.v_ranks, self.head_dim, self.n_rep)
+            self.register_buffer("k_up", up, persistent=False)
+            self.register_buffer("k_meta", meta, persistent=False)
 
     def _v_rank_of_head(self, h):
         return self.v_ranks[(h // self.n_rep) // self.gs]
@@ -76,16 +94,31 @@ class LatentAttention(nn.Module):
         return torch.cat(blocks, dim=1)
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
-                cache=None, **kwargs):
+                cache=None, position_ids=None, **kwargs):
         cache = cache if cache is not None else past_key_values
         b, t, _ = hidden_states.shape
-        q = self.q_proj(hidden_states).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+        if self.qkv is not None:
+            q, zk, zv = self.qkv(hidden_states)
+        else:
+            q, zk, zv = self.q_proj(hidden_states), self.k_proj.VT(hidden_states), self.v_down(hidden_states)
+        q = q.view(b, t, self.heads, self.head_dim).transpose(1, 2)
         cos, sin = position_embeddings
         q = q * cos.unsqueeze(1) + _rotate_half(q) * sin.unsqueeze(1)
-        zk = self.k_proj.VT(hidden_states)[:, None]           # (b, 1, t, Σr_k)
-        zv = self.v_down(hidden_states)[:, None]
+        zk, zv = zk[:, None], zv[:, None]   # (b, 1, t, Σr_k), (b, 1, t, Σr_v)
         if cache is not None:
             zk, zv = cache.update(zk, zv, self.layer_idx)
+        if t == 1 and self.kernel == "fused":
+            # the live length as a device tensor: no host sync, one graph for every length
+            out = latent_kernel.decode_attention(q, zk, zv, self.k_up, self.k_meta, self.shared.cos, self.shared.sin,
+                                                 position_ids[:, -1] + 1, self.scaling, self.v_ranks,
+                                                 self.shared.sm_count).view(b, 1, -1)
+        else:
+            out = self._attend(q, zk, zv, attention_mask)
+        return self.o_proj(out), None
+
+    def _attend(self, q, zk, zv, attention_mask):
+        """The torch path; per query head h, P_h @ zv of h's group, side by side in head order."""
+        b, _, t, _ = q.shape
         total = zk.shape[2]
         # rebuild K for all cached positions, then RoPE at positions 0..total-1
         k = torch.cat([up(z) for up, z in zip(self.k_proj.U, zk[:, 0].split(self.k_ranks, dim=-1))], dim=-1)
@@ -101,13 +134,13 @@ class LatentAttention(nn.Module):
             heads = slice(g * self.gs * self.n_rep, (g + 1) * self.gs * self.n_rep)
             kg = k[:, g * self.gs:(g + 1) * self.gs]
             if t == 1:   # each rebuilt K position and each latent read once, not once per query head
-                outs.append(grouped_decode_attention(q[:, heads], kg, zvg, mask, self.scaling).unsqueeze(2))
+                o = grouped_decode_attention(q[:, heads], kg, zvg, mask, self.scaling).unsqueeze(2)
             else:
                 kg = kg.repeat_interleave(self.n_rep, dim=1)
-                outs.append(F.scaled_dot_product_attention(q[:, heads], kg, zvg.expand(-1, kg.shape[1], -1, -1),
-                                                           attn_mask=mask, is_causal=is_causal, scale=self.scaling))
-        out = torch.cat(outs, dim=1).transpose(1, 2).reshape(b, t, -1)   # per head: P_h @ zv_g(h)
-        return self.o_proj(out), None
+                o = F.scaled_dot_product_attention(q[:, heads], kg, zvg.expand(-1, kg.shape[1], -1, -1),
+                                                   attn_mask=mask, is_causal=is_causal, scale=self.scaling)
+            outs.append(o.transpose(1, 2).reshape(b, t, -1))   # groups may differ in V rank
+        return torch.cat(outs, dim=-1)
 
 
 def check_supported(config, name):
@@ -124,8 +157,26 @@ def check_supported(config, name):
         raise UsageError(f"--palu-cache latent: {name} lacks " + "; ".join(missing))
 
 
-def enable(lm):
-    """Swap every attention layer of a PaLU-compressed model to the latent path."""
-    rotary = lm.model.model.rotary_emb
+def choose_kernel(kernel, device):
+    """"auto": fused where latent_kernel can run, else unfused; "fused" where it cannot is an error."""
+    if kernel not in KERNELS:
+        raise UsageError(f"--palu-latent-kernel: unknown value {kernel!r}; allowed: {', '.join(KERNELS)}")
+    why = latent_kernel.unavailable_reason(device)
+    if kernel == "fused" and why:
+        raise UsageError(f"--palu-latent-kernel: 'fused' cannot run here: {why}; allowed: auto, unfused")
+    return kernel if kernel != "auto" else "unfused" if why else "fused"
+
+
+def enable(lm, kernel="unfused"):
+    """Swap every attention layer of a PaLU-compressed model to the latent path; returns the decode
+    attention in use, "fused" or "unfused". The fused kernel's tables are built here for the
+    model's device and dtype: enable after moving the model."""
+    chosen = choose_kernel(kernel, lm.device)
+    config, rotary = lm.model.config, lm.model.model.rotary_emb
+    shared = None
+    if chosen == "fused":
+        positions = max(config.max_position_embeddings, FUSED_POSITIONS)
+        shared = latent_kernel.shared(rotary, positions, lm.model.dtype, lm.device)
     for layer in lm.model.model.layers:
-        layer.self_attn = LatentAttention(layer.self_attn, rotary, lm.model.config)
+        layer.self_attn = LatentAttention(layer.self_attn, rotary, config, shared)
+    return chosen

@@ -11,7 +11,10 @@ cuDNN and PyTorch flash attention, PyTorch's elementwise, copy and reduction ker
 generated triton kernels, and the aten operators a CPU profile shows. Inductor fuses whatever
 surrounds an operator into its pointwise kernels and names them after all of it (a kernel that
 prepares attention's inputs is "..._scaled_dot_product_cudnn_attention_..."); those count as
-elementwise, except a fused reduction that ends an RMSNorm (rsqrt), which counts as norm.
+elementwise, except fused reductions: one that computes a matrix product (coordinate-descent tuning
+turns batch-1 GEMVs into reductions, "triton_red_fused_..._mm_...", often with the RMSNorm before
+it) counts as gemm, since reading the weight is its work; one over a batched product or a softmax
+(decode attention's scores) as attention; one that ends an RMSNorm (rsqrt) as norm.
 """
 import hashlib
 import re
@@ -22,6 +25,8 @@ import torch
 from . import timing
 
 FAMILIES = (
+    ("gemm", r"^triton_(per|red)_fused.*_mm_"),
+    ("attention", r"^triton_(per|red)_fused.*(_bmm_|softmax)"),
     ("norm", r"^triton_(per|red)_.*rsqrt"),
     ("elementwise", r"^triton_(poi|per|red)_"),
     ("attention", r"flash|fmha|attention|sdpa|softmax|cudnn"),

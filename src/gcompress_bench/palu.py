@@ -36,9 +36,32 @@ class PaluLinear(nn.Module):
         self.U = nn.ModuleList(nn.Linear(r, group_out, bias=False, dtype=dtype, device=device) for r in ranks)
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
 
+    def up(self, latent):
+        out = torch.cat([up(z) for up, z in zip(self.U, latent.split(self.ranks, dim=-1))], dim=-1)
+        return out + self.bias if self.bias is not None else out
+
     def forward(self, x):
-        latents = self.VT(x).split(self.ranks, dim=-1)
-        out = torch.cat([up(z) for up, z in zip(self.U, latents)], dim=-1)
+        return self.up(self.VT(x))
+
+    def stages(self):
+        """(the Linear applied to the input, the rest): what a fused layout stacks with its neighbours.
+        Groups of one rank rebuild their rows in one batched product instead of a GEMM each."""
+        if len(self.ranks) > 1 and len(set(self.ranks)) == 1:
+            return self.VT, GroupUp(self.U, self.bias)
+        return self.VT, self.up
+
+
+class GroupUp(nn.Module):
+    """Every group's B_g @ z_g as one batched product: (..., G·r) -> (..., G·out)."""
+
+    def __init__(self, ups, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([u.weight.detach() for u in ups]))   # (G, out, r)
+        self.bias = bias
+
+    def forward(self, z):
+        g, _, r = self.weight.shape
+        out = torch.einsum("...gr,gor->...go", z.unflatten(-1, (g, r)), self.weight).flatten(-2)
         return out + self.bias if self.bias is not None else out
 
 
@@ -470,7 +493,8 @@ def _markdown(p):
             f"- greedy generation after compression: {v['generation']!r}",
             f"- compression took {p['compress_s']} s",
             f"- KV cache: the latents (physical ranks): {1 - p['kv_compression_physical']:.4f} of the baseline's "
-            "K/V bytes; K rebuilt with RoPE at attention, V folded into o_proj" if p.get("cache") == "latent" else
+            f"K/V bytes; K rebuilt with RoPE at attention, V folded into o_proj; decode attention "
+            f"{p.get('latent_kernel', 'unfused')}" if p.get("cache") == "latent" else
             "- KV cache: this path keeps full reconstructed K and V in the cache (PaLU's HF path): "
             "no KV memory is saved here"]
 
@@ -496,6 +520,10 @@ class Palu(Method):
         Option("svd", "str", "whiten", "whiten (SVD-LLM style, PaLU's default) or plain", choices=("whiten", "plain")),
         Option("cache", "str", "full", "full (K and V cached, PaLU's HF path) or latent (the latents cached)",
                choices=("full", "latent")),
+        Option("latent_kernel", "str", "unfused", "latent cache's decode attention: unfused (torch; the faster one "
+                                                  "measured), fused (one Triton kernel rebuilds K in registers; CUDA), "
+                                                  "or auto (fused where it runs)",
+               choices=latent.KERNELS),
         *calibration.OPTIONS,
     )
     headline = staticmethod(headline)
@@ -508,6 +536,7 @@ class Palu(Method):
     def plan(self, opts, spec, tokenizer):
         if opts["cache"] == "latent":
             latent.check_supported(spec.config, spec.name)
+            latent.choose_kernel(opts["latent_kernel"], models.pick_device("auto"))
         policy = align.parse(opts["align_policy"])
         ranks, info = allocate(opts, spec.config, spec.name, spec.canonical)
         if info.get("factors_from") and policy.kind in ("round", "budget"):
@@ -520,7 +549,7 @@ class Palu(Method):
     def apply(self, lm, plan, opts, progress):
         facts = compress(lm, plan, opts, progress)
         if opts["cache"] == "latent":
-            latent.enable(lm)
+            facts["latent_kernel"] = latent.enable(lm, opts["latent_kernel"])
         return facts
 
 

@@ -8,7 +8,10 @@ from .suites import SUITES, TIMED
 
 # per-item data a summary replaces with statistics (or leaves in raw.json): every other field of a
 # cell's record reaches summary.json as it is
-RAW_ONLY = ("samples_ms", "items", "window_starts")
+RAW_ONLY = ("samples_ms", "host_samples_ms", "items", "window_starts")
+HOST_BOUND = 0.8   # a cell whose device is busy for less of its time than this is host-bound
+NOISY = 0.2        # a launch rate or a cell's host time that moves more than this between measurements
+HOST_SHARE = 0.5   # host time drift is checked in cells whose host time is at least this share of the measured
 
 
 def _cell_summary(rec, ceilings):
@@ -18,7 +21,69 @@ def _cell_summary(rec, ceilings):
     out["stats_ms"] = {name: stats.describe(trials) for name, trials in rec["samples_ms"].items()}
     out.update(SUITES[rec["suite"]].derive(rec, out["stats_ms"]))
     out["roofline"] = roofline.achieved(rec["suite"], out, ceilings)
+    host = rec.get("host_samples_ms")
+    if host:
+        out["host_stats_ms"] = {name: stats.describe(trials) for name, trials in host.items()}
+        name = next(iter(host))
+        # the host's jitter moves a cell's time only where issuing the work takes a good part of it
+        if out["host_stats_ms"][name]["p50"] >= HOST_SHARE * out["stats_ms"][name]["p50"]:
+            out["host_drift"] = _drift(host[name])
+    if rec.get("busy"):
+        out["device_busy"] = rec["busy"]["device_ms_per_iter"] / out["stats_ms"][SUITES[rec["suite"]].headline]["p50"]
+        out["host_bound"] = out["device_busy"] < HOST_BOUND
+    if rec["suite"] == "decode":
+        out["roofline_breakdown"] = roofline.decode_breakdown(out, ceilings)
     return out
+
+
+def _drift(trials):
+    """How far the trials' median host times spread: (largest - smallest) / smallest; None for one trial."""
+    medians = [stats.describe([t])["p50"] for t in trials if t]
+    return (max(medians) - min(medians)) / min(medians) if len(medians) > 1 and min(medians) > 0 else None
+
+
+def host_check(cells, start, end):
+    """The run's host: launch rate at start and end, host-bound cells and cells whose host time drifted,
+    with a warning for each sign that the host, not the device, set some of the times."""
+    rate = {"launches_per_s_start": start, "launches_per_s_end": end,
+            "change": (end - start) / start if start and end else None}
+    bound = [cid for cid, c in cells.items() if c.get("host_bound")]
+    drifting = {cid: c["host_drift"] for cid, c in cells.items() if (c.get("host_drift") or 0) > NOISY}
+    warnings = []
+    if rate["change"] is not None and abs(rate["change"]) > NOISY:
+        affected = (f"the host-bound cells ({', '.join(bound)}) are affected; re-run them" if bound else
+                    "no cell here is host-bound, so their times are the device's")
+        warnings.append(f"the host's launch rate moved {100 * rate['change']:+.0f}% between session start "
+                        f"({start:.0f}/s) and end ({end:.0f}/s): the host was shared or throttled; {affected}")
+    if drifting:
+        warnings.append("host time per iteration drifted between trials by more than "
+                        f"{100 * NOISY:.0f}% in " + ", ".join(f"{c} ({100 * d:.0f}%)" for c, d in drifting.items())
+                        + ": those cells are affected; re-run them")
+    return {**rate, "host_bound_cells": bound, "drifting_cells": drifting, "warnings": warnings}
+
+
+MEASURED = {"decode": "total"}   # the samples that add up to a cell's measured regions (default: its headline)
+
+
+def harness(raw, cells):
+    """Where a timing run's wall time went: the measured regions' share, and the rest by kind of work."""
+    h = raw.get("harness") or {}
+    timed = [c for c in cells.values() if c.get("suite") in TIMED]
+    if "wall_s" not in h or not timed:
+        return None
+    raw_cells = raw["cells"]
+    parts = {
+        "measured": sum(sum(map(sum, raw_cells[cid]["samples_ms"][MEASURED.get(c["suite"], SUITES[c["suite"]].headline)]))
+                        for cid, c in cells.items() if c.get("status") == "ok" and "samples_ms" in raw_cells[cid]) / 1e3,
+        "model load": h.get("model_load_s", 0.0), "compression": h.get("compression_s", 0.0),
+        "compile": sum((c.get("compile") or {}).get("first_generation_s", 0.0) for c in timed),
+        "warm-up": sum(c.get("warmup_s", 0.0) for c in timed),
+        "profiling": sum((c.get("busy") or {}).get("profile_s", 0.0) for c in timed),
+    }
+    in_cells = sum(c.get("wall_s", 0.0) for c in cells.values())
+    parts["other in cells"] = in_cells - sum(parts[k] for k in ("measured", "compile", "warm-up", "profiling"))
+    parts["between cells"] = h["wall_s"] - in_cells - parts["model load"] - parts["compression"]
+    return {"wall_s": h["wall_s"], "efficiency": parts["measured"] / h["wall_s"], "parts_s": parts}
 
 
 RAW_HEADER = ("run_id", "variant", "model", "timer", "cells")
@@ -63,9 +128,13 @@ def _summary(raw, cfg, env):
         "model_facts": raw.get("model_facts", cfg.get("model_facts")),
         "method_facts": raw.get("method_facts", cfg.get(f"{raw['variant']}_facts")), "ceilings": env.get("ceilings"),
         "compile": {"cells": len(compiled), "graphs_compiled": sum(c["graphs_compiled"] for c in compiled),
+                    "inductor": compiled[0].get("inductor", "not recorded"),
                     "first_generations_s": round(sum(c["first_generation_s"] for c in compiled), 3)}
                    if compiled else None,
         "cells": cells, "not_run": not_run, "decisions": decisions, "stopped": raw.get("stopped"),
+        "host": host_check(cells, (env.get("ceilings") or {}).get("launches_per_s"), raw.get("launches_per_s_end"))
+                if any(c.get("suite") in TIMED for c in cells.values()) else None,
+        "harness": harness(raw, cells),
         "paired": ({"baseline_run": cfg["baseline_run"], "cells": paired.with_run(cfg["baseline_run"], raw)}
                    if cfg.get("baseline_run") else None),
     }
@@ -126,22 +195,31 @@ def _markdown(s, dims_table=None):
     stat_cols = ["p50", "p90", "p99", "std", "cv"]
     mem_cols = ["peak alloc MiB", "peak reserved MiB"]
     tokens = [lambda c: f"{c['tokens_per_s']:.1f}"]
-    prefill_extra = tokens + [lambda c: _roof(c, "TFLOPs", "pct_of_gemm")]
+    prefill_extra = tokens + [lambda c: _roof(c, "TFLOPs", "pct_of_gemm"), busy]
     decode_extra = tokens + [lambda c: f"{c['ttft_ms']:.3f}", lambda c: fmt_mib(c.get("kv_cache_bytes")),
-                             lambda c: _roof(c, "GBps", "pct_of_copy")]
+                             lambda c: _roof(c, "GBps", "pct_of_copy"), busy,
+                             lambda c: f"{c['host_stats_ms']['step']['p50']:.3f}" if "host_stats_ms" in c else "n/a"]
     ceil = s.get("ceilings") or {}
     if ceil:
         lines.append(f"- ceilings measured on this device at session start: copy {ceil['copy_GBps']} GB/s, "
                      f"matmul {ceil['gemm_TFLOPs']} TFLOP/s ({ceil['method']})")
+    mf = s.get("model_facts") or {}
+    if mf.get("layout"):
+        lines.append(f"- module layout: {mf['layout']}; decode attention: {mf['decode_attention']}")
     if s.get("compile"):
         k = s["compile"]
         lines.append(f"- compiled decode: {k['graphs_compiled']} graphs compiled over {k['cells']} cells; "
                      f"compilation and CUDA-graph recording took {k['first_generations_s']} s in the "
-                     "untimed first generation of each cell")
-    lines += _table("prefill (ms)", stat_cols + ["tokens/s", "TFLOP/s (% of matmul)"] + mem_cols, _rows(s, "prefill"),
-                    lambda c: _latency_cols(c, "latency", prefill_extra))
-    lines += _table("decode (ms/token)", stat_cols + ["tokens/s", "TTFT p50 ms", "KV cache MiB", "GB/s (% of copy)"]
+                     f"untimed first generation of each cell; inductor settings {k['inductor']}")
+    if s.get("harness"):
+        lines.append(harness_line(s["harness"]))
+    lines += host_lines(s.get("host"))
+    lines += _table("prefill (ms)", stat_cols + ["tokens/s", "TFLOP/s (% of matmul)", "device busy"] + mem_cols,
+                    _rows(s, "prefill"), lambda c: _latency_cols(c, "latency", prefill_extra))
+    lines += _table("decode (ms/token)", stat_cols + ["tokens/s", "TTFT p50 ms", "KV cache MiB", "GB/s (% of copy)",
+                                                      "device busy", "host ms/step p50"]
                     + mem_cols, _rows(s, "decode"), lambda c: _latency_cols(c, "step", decode_extra))
+    lines += _breakdown_table(_rows(s, "decode"))
     lines += _table("ppl", ["perplexity", "mean NLL", "tokens", "windows", "dataset", "sha256", "s"], _rows(s, "ppl"),
                     _dash_unless_ok(7, lambda c: [f"{c['ppl']:.4f}", f"{c['nll']:.4f}", str(c["tokens"]),
                                                   str(c["windows"]), c["dataset"], c["sha256"][:12],
@@ -161,6 +239,49 @@ def _markdown(s, dims_table=None):
     if s["decisions"]:
         lines += ["", "## Decisions", ""] + [f"- {d}" for d in s["decisions"]]
     return "\n".join(lines) + "\n"
+
+
+def busy(c):
+    """A cell's device-busy share, marked host-bound below HOST_BOUND."""
+    if c.get("device_busy") is None:
+        return "n/a"
+    return f"{100 * c['device_busy']:.0f}%" + (" **host-bound**" if c["host_bound"] else "")
+
+
+def harness_line(h):
+    p = h["parts_s"]
+    return (f"- harness: measured regions {p['measured']:.1f} s of {h['wall_s']:.1f} s wall "
+            f"(**{100 * h['efficiency']:.0f}%**); the rest: " + ", ".join(f"{k} {v:.1f} s" for k, v in p.items()
+                                                                           if k != "measured"))
+
+
+def host_lines(host):
+    if not host:
+        return []
+    a, b = host["launches_per_s_start"], host["launches_per_s_end"]
+    rate = (f"{a:.0f}/s at session start, " + (f"{b:.0f}/s at the end ({100 * host['change']:+.0f}%)" if b else
+                                               "not measured at the end")) if a else "not measured"
+    lines = [f"- host: launch rate (one-element kernels) {rate}; host-bound cells (device busy < "
+             f"{100 * HOST_BOUND:.0f}%): {', '.join(host['host_bound_cells']) or 'none'}"]
+    return lines + [f"- **WARNING**: {w}" for w in host["warnings"]]
+
+
+def _breakdown_table(rows):
+    """Decode steps against their floors (weights and live KV read once at the copy ceiling)."""
+    rows = [(cid, c) for cid, c in rows if c.get("roofline_breakdown")]
+    if not rows:
+        return []
+    out = ["", "## decode roofline (ms per step, p50)", "",
+           "Floors: every weight and the live KV read once at the copy ceiling. Parts of the gap: host gaps (the "
+           "step minus the device's own time), then the kernels' time above the floors, by family when profiled.",
+           "", "| cell | weights floor | KV floor | measured | floors' share | gap | parts of the gap | largest |",
+           "|---|---|---|---|---|---|---|---|"]
+    for cid, c in rows:
+        b = c["roofline_breakdown"]
+        parts = "; ".join(f"{k} {v:.3f}" for k, v in b["parts_ms"].items()) or "not profiled"
+        out.append(f"| {cid} | {b['weights_floor_ms']:.3f} | {b['kv_floor_ms']:.3f} | {b['measured_ms']:.3f} | "
+                   f"{100 * b['floor_share']:.0f}% | {b['gap_ms']:.3f} | {parts} | {b['largest'] or '—'} |")
+    return out
 
 
 def num(value, digits=4):

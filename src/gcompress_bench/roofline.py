@@ -5,6 +5,8 @@ every live position; a prefill must do 2 FLOPs per weight per token plus causal 
 achieved rate (that minimum over the measured p50) against the measured ceiling says how far a
 cell is from the hardware, and whether a slow cell is launch-bound rather than memory-bound.
 """
+import time
+
 import torch
 
 from .timing import Clock
@@ -37,9 +39,32 @@ def measure_ceilings(device, dtype):
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     gemm_ms = _median_ms(clock, lambda: a @ b, size["reps"])
     return {"copy_GBps": round(2 * nbytes / copy_ms / 1e6, 1), "gemm_TFLOPs": round(2 * n**3 / gemm_ms / 1e9, 2),
+            "launches_per_s": launch_rate(device),
             "method": f"median of {size['reps']}: copy of {size['copy_mib']} MiB (read + write counted), "
-                      f"{n}x{n} @ {n}x{n} matmul in {str(dtype).removeprefix('torch.')}",
+                      f"{n}x{n} @ {n}x{n} matmul in {str(dtype).removeprefix('torch.')}; best of 5 x "
+                      f"{LAUNCHES} one-element in-place adds, host clock, one sync each",
             "device": str(device), "dtype": str(dtype).removeprefix("torch.")}
+
+
+LAUNCHES = 20000
+
+
+@torch.inference_mode()
+def launch_rate(device):
+    """Tiny kernels the host issues per second: the ceiling of a step bound by Python launching work.
+    Measured at session start and end; a host whose rate moved was shared or throttled meanwhile."""
+    device = torch.device(device)
+    x = torch.zeros(1, device=device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    rates = []
+    for _ in range(6):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(LAUNCHES):
+            x.add_(1)
+        sync()
+        rates.append(LAUNCHES / (time.perf_counter() - t0))
+    return round(max(rates[1:]))   # a ceiling: noise only slows a pass; the first pass warms up
 
 
 def weight_bytes(model, decode_step=False):
@@ -65,6 +90,35 @@ def prefill_flops(model, batch, seq_len):
     layer_params = sum(p.numel() for layer in model.model.layers for p in layer.parameters() if p.dim() > 1)
     attention = 2 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim(cfg) * seq_len ** 2
     return batch * (2 * layer_params * seq_len + 2 * cfg.vocab_size * cfg.hidden_size + attention)
+
+
+def decode_breakdown(cell, ceilings):
+    """Where a decode step's time goes against its floors: the weights read once and the live KV read
+    once at the copy ceiling. The rest is split into host gaps (the step minus the device's own time),
+    GEMM above the weights floor, attention above the KV floor and the other kernels (the last three
+    only when the cell was profiled by operator family). `largest` names the biggest part of the gap."""
+    bw = (ceilings or {}).get("copy_GBps")
+    if not bw or "weight_bytes_per_step" not in cell:
+        return None
+    weights_ms = cell["weight_bytes_per_step"] / bw / 1e6
+    kv_ms = cell["kv_bytes_per_step"] / bw / 1e6
+    measured = cell["ms_per_token"]
+    out = {"weights_floor_ms": weights_ms, "kv_floor_ms": kv_ms, "measured_ms": measured,
+           "floor_share": (weights_ms + kv_ms) / measured, "gap_ms": measured - weights_ms - kv_ms}
+    device_ms = (cell.get("busy") or {}).get("device_ms_per_iter")
+    parts = {}
+    if device_ms is not None:
+        parts["host gaps"] = measured - device_ms
+        fam = (cell.get("ops_profile") or {}).get("families_ms")
+        if fam:
+            parts["GEMM above the weights floor"] = fam["gemm"] - weights_ms
+            parts["attention above the KV floor"] = fam["attention"] - kv_ms
+            parts["other kernels"] = sum(v for k, v in fam.items() if k not in ("gemm", "attention"))
+        else:
+            parts["kernels above the floors"] = device_ms - weights_ms - kv_ms
+    out["parts_ms"] = parts
+    out["largest"] = max(parts, key=parts.get) if parts else None
+    return out
 
 
 def achieved(suite, rec_summary, ceilings):
