@@ -168,7 +168,6 @@ def test_oom_cell_is_skipped_with_reason_and_the_grid_goes_on(llm_run, kind, err
     assert "[2/3] test_prefill[B2-S16] skipped" in proc.stdout
     assert raw["cells"]["test_decode[B1-ctx16-gen4]"]["status"] == "ok"
     md = (run / "run_summary.md").read_text()
-    assert f"(**{100 * h['efficiency']:.0f}%**)" in md and "## decode roofline" in md
     assert "| test_prefill[B2-S16] | skipped: OOM |" in md
     assert "- test_prefill[B2-S16]: skipped (OOM); left out of every statistic" in md
     outcomes = {t["nodeid"].split("::")[-1]: t["outcome"]
