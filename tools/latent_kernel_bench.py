@@ -242,7 +242,7 @@ def main():
     warn = Warnings()
     logging.getLogger("torch").addHandler(warn)
     emit("env", torch=torch.__version__, triton=triton.__version__, python=sys.version.split()[0],
-         gpu=torch.cuda.get_device_name(), available=latent_kernel.available(DEV))
+         gpu=torch.cuda.get_device_name(), unavailable=latent_kernel.unavailable_reason(DEV))
     rotary = LlamaRotaryEmbedding(llama3_config()).to(DEV)
     shared = latent_kernel.shared(rotary, max(args.lengths) + 256, DTYPE, DEV)
     emit("shared", sm_count=shared.sm_count, table=list(shared.cos.shape))

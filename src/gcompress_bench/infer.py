@@ -54,8 +54,8 @@ BUSY_ITERS = 3   # profiled iterations (decode: steps) that give a cell's device
 def _device_time(fn, ops_profile, device, most=None):
     """After the measured iterations: the ops profile (when asked for) and the device's own time per
     iteration, from it or from a short profile of BUSY_ITERS iterations; at most `most` iterations."""
-    t0 = time.perf_counter()
-    prof = ops.profile(fn, min(ops_profile or BUSY_ITERS, most or BUSY_ITERS + ops_profile), device)
+    t0, n = time.perf_counter(), ops_profile or BUSY_ITERS
+    prof = ops.profile(fn, min(n, most) if most else n, device)
     busy = {"iters": prof["iters"], "device_ms_per_iter": prof["profiler_ms_per_iter"], "unit": prof["unit"],
             "profile_s": round(time.perf_counter() - t0, 3)}
     return {"busy": busy, **({"ops_profile": prof} if ops_profile else {})}

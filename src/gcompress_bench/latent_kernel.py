@@ -23,7 +23,7 @@ import torch
 try:
     import triton
     import triton.language as tl
-except ImportError:   # CPU-only installs: available() says so and no kernel is defined
+except ImportError:   # CPU-only installs: unavailable_reason() says so and no kernel is defined
     triton = None
 
 
@@ -35,10 +35,6 @@ def unavailable_reason(device):
     if triton is None:
         return "triton is not installed"
     return None
-
-
-def available(device):
-    return unavailable_reason(device) is None
 
 
 @dataclass(frozen=True)
