@@ -1,7 +1,8 @@
-"""Quality suites: perplexity over fixed windows and lm-eval accuracy through the real harness."""
+"""Quality suites: perplexity over fixed windows, lm-eval accuracy through the real harness, and retrieval from
+long contexts."""
 import pytest
 
-from gcompress_bench import infer, lmeval, ppl
+from gcompress_bench import infer, lmeval, longctx, ppl
 
 
 @pytest.mark.ppl
@@ -19,3 +20,11 @@ def test_lmeval(lmeval_cell, bench_model, bench_run, bench_record):
                          batch_size=g["batch_size"])
     assert rec["status"] != "ok" or 1 <= rec["n"] == min(limit or rec["n_available"], rec["n_available"])
     bench_record(lmeval_cell, rec)
+
+
+@pytest.mark.longctx
+def test_longctx(longctx_cell, bench_model, bench_run, bench_record):
+    g = bench_run.cfg["longctx"]
+    bench_record(longctx_cell, infer.run_cell(longctx.measure, bench_model.device, lm=bench_model, **longctx_cell.params,
+                                              depths=g["depths"], items=g["items"], seed=bench_run.cfg["seed"],
+                                              max_new_tokens=g["max_new_tokens"]))

@@ -58,7 +58,7 @@ for v in "${vlist[@]}"; do
   seen[v:$v]=1
 done
 for s in "${slist[@]}"; do
-  case "$s" in infer_sweep|ppl|lmeval) ;; *) usage "--suites: unknown suite '$s'; allowed: infer_sweep, ppl, lmeval" ;; esac
+  case "$s" in infer_sweep|ppl|lmeval|longctx) ;; *) usage "--suites: unknown suite '$s'; allowed: infer_sweep, ppl, lmeval, longctx" ;; esac
   [ -z "${seen[s:$s]:-}" ] || usage "--suites: '$s' is given twice; allowed: each suite once"
   seen[s:$s]=1
 done

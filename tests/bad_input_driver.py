@@ -12,9 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from gcompress_bench import cli
+from gcompress_bench import cli, llm_eval, llm_run
 
-SUITES = {"llm_run": (["infer_sweep"], "infer_sweep"), "llm_eval": (["ppl", "lmeval"], "ppl")}
+SUITES = {"llm_run": (llm_run.SUITES, llm_run.DEFAULT), "llm_eval": (llm_eval.SUITES, llm_eval.DEFAULT)}
 
 
 def _files(root):

@@ -262,11 +262,26 @@ def bad_cases(d):
         ("llm_eval", ["--suite", "lmeval", "--limit", "0"], "--limit: 0 is not allowed; it must be an integer >= 1 or "
                                                             "'all'"),
         ("llm_eval", ["--suite", "lmeval", "--limit", "most"], "--limit: 'most' is not an integer or 'all'"),
-        ("llm_eval", ["--suite", "bleu"], "llm_eval: --suite: unknown suite 'bleu'; allowed: ppl, lmeval"),
+        ("llm_eval", ["--suite", "bleu"], "llm_eval: --suite: unknown suite 'bleu'; allowed: ppl, lmeval, longctx"),
+        ("llm_eval", ["--suite", "longctx", "--longctx-tasks", "haystack"], "--longctx-tasks: haystack is not "
+                                                                            "allowed; allowed: passkey, multikey, "
+                                                                            "vartrack (data/longctx/tasks.yaml)"),
+        ("llm_eval", ["--suite", "longctx", "--longctx-depths", "0,1.5"], "--longctx-depths: [0.0, 1.5] is not "
+                                                                          "allowed; allowed: fractions from 0 to 1"),
+        ("llm_eval", ["--suite", "longctx", "--longctx-depths", "half"], "--longctx-depths: 'half' is not a "
+                                                                         "comma-separated list of numbers"),
+        ("llm_eval", ["--suite", "longctx", "--longctx-items", "0"], "--longctx-items: 0 is not allowed; it must be "
+                                                                     "positive integers"),
+        ("llm_eval", ["--suite", "longctx", "--longctx-tasks", "vartrack", "--longctx-lengths", "128,1024"],
+         "--longctx-lengths: longctx vartrack: a length of 128 tokens cannot hold the needles and the question; "
+         "allowed: at least 145 tokens"),
+        ("llm_eval", ["--suite", "longctx", "--longctx-lengths", "9000"],
+         "--longctx-lengths + --longctx-max-new-tokens 9012 is longer than the model's context of 8192 tokens; "
+         "allowed: at most 8192"),
         ("llm_eval", ["--suite", "lmeval", "--tasks", "arc_easy"], "--tasks: arc_easy's dataset 'allenai/ai2_arc' is "
                                                                    "not in the local HF datasets cache"),
         ("llm_eval", [*ppl, "--model", "llama3-8b-shape"], "--model: 'llama3-8b-shape' has synthetic weights; the "
-                                                           "quality suites (ppl, lmeval) need pretrained weights"),
+                                                           "quality suites (ppl, lmeval, longctx) need pretrained weights"),
         ("llm_run", ["--decode-mode", "graph"], "--decode-mode: ['graph'] is not allowed; allowed: one or more of "
                                                 "eager, compiled"),
         ("llm_run", ["--variant", "palu", "--palu-cache", "latent", "--palu-latent-kernel", "fused"],
@@ -279,6 +294,7 @@ def bad_cases(d):
     choices = {f"--{m.name}-{o.key.replace('_', '-')}" for m in methods for o in m.options if o.choices}
     for flag, _, kind, _ in config.options():
         values = {"int": ["x", "1.5"], "float": ["x", "nan"], "ints": ["1,x", "-4", "2,2"], "strs": [","],
+                  "floats": ["x", "0.5,0.5", "2"],
                   "limit": ["0", "some"], "str": ["bogus"], "flag": [], "settings": ["x", "bogus_knob=1"]}[kind]
         if flag in ("--results-root", "--run-id", "--exp-group", "--seed"):
             continue     # any name is a valid results root or id; any integer a seed

@@ -176,7 +176,7 @@ def test_a_plugin_night_runs_and_is_reported_against_baseline(slurm, tmp_path):
     (["--variants", "baseline,mlpprune"], "--variants: unknown variant 'mlpprune'; allowed: baseline, palu, asvd, prune"),
     (["--variants", "palu,baseline,palu"], "--variants: 'palu' is given twice; allowed: each variant once"),
     (["--variants", ","], "--variants and --suites need at least one value each"),
-    (["--suites", "ppl,bleu"], "--suites: unknown suite 'bleu'; allowed: infer_sweep, ppl, lmeval"),
+    (["--suites", "ppl,bleu"], "--suites: unknown suite 'bleu'; allowed: infer_sweep, ppl, lmeval, longctx"),
     (["--profile"], "--profile needs a value; see the header of"),
     (["--exp-group", "--dry-run"], "--exp-group needs a value"),
     (["--profile", "huge"], "the palu jobs would stop at once: gcompress-bench: --profile: unknown profile 'huge'; "
@@ -368,7 +368,8 @@ def test_job_script_rejects_bad_input_before_loading_anything(tmp_path):
         (["--variant", "", "--suite", "ppl"], "--variant needs a value"),
         (["--variant=", "--suite", "ppl"], "--variant needs a value"),
         (["--variant", "palu", "--suite", "ppl", "--run_id", "--check-only"], "--run_id needs a value"),
-        (["--variant", "palu", "--suite", "bleu"], "--suite: unknown value 'bleu'; allowed: infer_sweep, ppl, lmeval"),
+        (["--variant", "palu", "--suite", "bleu"],
+         "--suite: unknown value 'bleu'; allowed: infer_sweep, ppl, lmeval, longctx"),
         (["--variant", "palu", "--suite", "ppl", "--shards", "-1"], "--shards: '-1' is not allowed; allowed: a "
                                                                      "positive integer"),
         (["--variant", "palu", "--suite", "ppl", "stray"], "unexpected argument 'stray'; allowed: options as --name "

@@ -92,12 +92,21 @@ def test_quick_infer_sweep_writes_a_complete_run(llm_run, variant):
     assert summary["host"]["launches_per_s_start"] == ceil["launches_per_s"] > 0
     assert summary["host"]["launches_per_s_end"] == raw["launches_per_s_end"] > 0
     assert model["layout"] == "fused" and cfg["layout"] == "fused"
+    # energy on a CPU: every field says why it is missing, none is a number
+    why = "no CUDA device (this run's device is cpu)"
+    assert env["energy"] == {"available": False, "reason": why}
+    assert dec["energy"] == {"available": False, "joules_per_token": "not available", "mean_power_w": "not available",
+                             "reason": why}
+    assert raw["cells"][ids[0]]["energy"]["joules_per_forward"] == "not available"
     report = json.loads((run / "pytest-report.json").read_text())
     assert {t["nodeid"].split("::")[-1]: t["outcome"] for t in report["tests"]} == dict.fromkeys(ids, "passed")
     md = (run / "run_summary.md").read_text()
     assert f"(**{100 * h['efficiency']:.0f}%**)" in md and "## decode roofline" in md
     p50 = summary["cells"]["test_prefill[B1-S16]"]["stats_ms"]["latency"]["p50"]
     assert f"| test_prefill[B1-S16] | ok | {p50:.3f} |" in md
+    assert f"- energy: not available ({why})" in md
+    dec_row = next(line for line in md.splitlines() if line.startswith("| test_decode[B1-ctx16-gen4] | ok |"))
+    assert "| not available | not available |" in dec_row
     assert "[3/3] test_decode[B1-ctx16-gen4] ok step p50" in proc.stdout
     assert f"results in {run}" in proc.stdout
     if variant == "palu":
@@ -224,6 +233,6 @@ def test_missing_hf_model_fails_fast_without_network(llm_run, tmp_path):
 def test_synthetic_model_keeps_timing_cells_and_drops_quality_cells():
     proc = run_cli("pytest", "benchmarks", "--model", "llama3-8b-shape", "--profile", "full", "--co", "-q")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "gcompress-bench: 5 ppl/lmeval cells deselected: llama3-8b-shape has synthetic weights" in proc.stdout
-    assert "gcompress-bench: 945 dims cells deselected: they run only when -m names dims" in proc.stdout
-    assert "27/977 tests collected (950 deselected)" in proc.stdout
+    assert "gcompress-bench: 5 ppl/lmeval/longctx cells deselected: llama3-8b-shape has synthetic weights" in proc.stdout
+    assert "gcompress-bench: 957 dims/longctx cells deselected: they run only when -m names dims/longctx" in proc.stdout
+    assert "27/989 tests collected (962 deselected)" in proc.stdout

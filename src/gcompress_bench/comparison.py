@@ -15,7 +15,8 @@ SETTINGS = {"all": ("model", "dtype", "profile"),
             "infer_sweep": ("prefill.warmup", "prefill.iters", "prefill.trials", "decode.warmup", "decode.iters",
                             "decode.trials", "decode.mode", "decode.inductor", "layout", "seed"),
             "ppl": ("ppl.corpus", "ppl.seq_len", "ppl.stride"),
-            "lmeval": ("lmeval.limit", "lmeval.batch_size", "lmeval.tasks_path")}
+            "lmeval": ("lmeval.limit", "lmeval.batch_size", "lmeval.tasks_path"),
+            "longctx": ("longctx.depths", "longctx.items", "longctx.max_new_tokens", "seed")}
 
 
 def settings(cfg):
@@ -98,7 +99,7 @@ def _latency_rows(ref, cands, suite, metric):
                 "tokens_per_s": c["tokens_per_s"], "ttft_ms": c.get("ttft_ms"), "roofline": c.get("roofline"),
                 "peak_allocated_bytes": c["memory"]["peak_allocated_bytes"],
                 "peak_reserved_bytes": c["memory"]["peak_reserved_bytes"], "kv_cache_bytes": c.get("kv_cache_bytes"),
-                "host_bound": c.get("host_bound")}
+                "host_bound": c.get("host_bound"), "energy": c.get("energy")}
         base = row["values"][ref["label"]].get("p50")
         for side in cands:
             p50 = row["values"][side["label"]].get("p50")
@@ -191,6 +192,7 @@ def build(reference_dirs, candidates):
         "time_went": _time_went_rows(ref, cands),
         "lmeval": _quality_rows(ref, cands, "lmeval", ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n",
                                                        "fewshot", "source")),
+        "longctx": _quality_rows(ref, cands, "longctx", ("accuracy", "n", "by_depth")),
     }, sides
 
 
@@ -240,6 +242,8 @@ def markdown(rep):
                          [x for label in labels for x in (*cols(r["values"][label]), sp(r, label))]
                          for r in rep["decode"]])
     mem_rows = rep["prefill"] + rep["decode"]
+    if any((v.get("energy") or {}).get("available") for r in mem_rows for v in r["values"].values()):
+        lines += _energy_table(mem_rows, ref, labels)
     if mem_rows:
         mib = lambda v, k: _v(v, k, fmt_mib)  # noqa: E731
         lines += _table("memory (MiB: peak allocated, reserved, KV cache; ratios to the reference)",
@@ -277,12 +281,39 @@ def markdown(rep):
                                                           diff((r["paired"][label] or {}).get(m)))]
                          + [str(next((v["source"] for v in r["values"].values() if "source" in v), "—"))]
                          for r in rep["lmeval"] for m in ("acc", "acc_norm")])
+    if rep["longctx"]:
+        def verdict(p):
+            return report.longctx_verdict(p) if p else "—"
+        lines += _table("long-context retrieval (exact-match accuracy; paired over the same prompts)",
+                        ["cell", ref] + [h for label in labels for h in (label, "paired")],
+                        [[r["cell"], _v(r["values"][ref], "accuracy", "{:.3f}".format)] +
+                         [x for label in labels for x in (_v(r["values"][label], "accuracy", "{:.3f}".format),
+                                                          verdict(r["paired"][label]))]
+                         for r in rep["longctx"]])
     lines += _time_went_markdown(rep.get("time_went", []), ref, labels)
     for c in rep["candidates"]:
         if c["facts"]:
             m = method.load().get(c["variant"], method.Method())
             lines += ["", f"# {c['label']}", *m.markdown(c["facts"])]
     return "\n".join(lines) + "\n"
+
+
+def _energy_table(rows, ref, labels):
+    """Joules per decode token (per forward in prefill) and mean power per side; ratio = candidate / reference."""
+    def j(v, key):
+        return v["missing"] if "missing" in v else report.joules(v, key)
+
+    def key(r):
+        return "joules_per_token" if r["cell"].startswith("test_decode") else "joules_per_forward"
+
+    def ratio(r, label):
+        a, b = ((r["values"][x].get("energy") or {}).get(key(r)) for x in (ref, label))
+        return f"{b / a:.3f}" if isinstance(a, float) and isinstance(b, float) and a > 0 else "—"
+    return _table("energy (decode: J per generated token; prefill: J per forward; mean W; ratio = candidate / "
+                  "reference)", ["cell", f"{ref} J", "W"] + [h for label in labels for h in (f"{label} J", "W", "ratio")],
+                  [[r["cell"], j(r["values"][ref], key(r)), j(r["values"][ref], "mean_power_w")] +
+                   [x for label in labels for x in (j(r["values"][label], key(r)), j(r["values"][label], "mean_power_w"),
+                                                    ratio(r, label))] for r in rows])
 
 
 def _time_went_markdown(rows, ref, labels):
@@ -368,6 +399,10 @@ def write_plots(rep, sides, out, cell=None):
             (cells, {n: [r["values"][n].get(m) for r in rep["lmeval"]] for n in names}, f"{m} ± stderr", m,
              {n: [r["values"][n].get(f"{m}_stderr") for r in rep["lmeval"]] for n in names})
             for m in ("acc", "acc_norm")]), out / "accuracy.png"))
+    for s in sides:
+        for task, grid in report.longctx_grids(s["raw"]).items():
+            made.append(plots.save(plots.heatmap(grid, f"{s['label']}: {task} accuracy, {model}"),
+                                   out / f"longctx_{task}_{s['label']}.png"))
     for r in rep.get("time_went", []):
         made.append(plots.save(plots.stacked_bars(
             {label: p["families_ms"] for label, p in r["profiles"].items()},

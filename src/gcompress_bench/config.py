@@ -18,7 +18,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DECODE_MODES = ("eager", "compiled")
 ITER_KEYS = ("warmup", "iters", "trials")
 
-# (flag, config path, kind, help). kind: str | int | float | ints / strs (comma lists) | limit (int or "all")
+# (flag, config path, kind, help). kind: str | int | float | ints / floats / strs (comma lists) | limit (int or "all")
 # | flag (no value)
 OPTIONS = [
     ("--variant", "variant", "str", "baseline, or a compression method (palu, asvd, prune, or a registered plug-in)"),
@@ -56,6 +56,12 @@ OPTIONS = [
     ("--limit", "lmeval.limit", "limit", "lmeval: first N documents per task, or all"),
     ("--fewshot", "lmeval.fewshot", "ints", "lmeval: few-shot counts, each its own cell, e.g. 0,1"),
     ("--tasks-path", "lmeval.tasks_path", "str", "lmeval: a folder of your own task YAMLs (searched recursively)"),
+    ("--longctx-tasks", "longctx.tasks", "strs", "longctx: retrieval tasks of data/longctx/tasks.yaml (passkey, "
+                                                 "multikey, vartrack)"),
+    ("--longctx-lengths", "longctx.lengths", "ints", "longctx: prompt lengths in tokens, each its own cell"),
+    ("--longctx-depths", "longctx.depths", "floats", "longctx: needle depths, fractions of the filler, e.g. 0,0.5,1"),
+    ("--longctx-items", "longctx.items", "int", "longctx: prompts per (task, length, depth)"),
+    ("--longctx-max-new-tokens", "longctx.max_new_tokens", "int", "longctx: greedy tokens at most per answer"),
     ("--baseline-run", "baseline_run", "str", "a baseline run dir to compare this run with, item by item"),
     ("--shard", "shard", "str", "i/N: run only slice i (0-based) of N of the selected cells, balanced by cost"),
     ("--check-only", "check_only", "flag", "check that every input (model, datasets, tasks, rank files) is found "
@@ -80,6 +86,8 @@ def _parse(flag, kind, raw):
             return float(raw)
         if kind == "ints":
             return [int(v) for v in str(raw).split(",")]
+        if kind == "floats":
+            return [float(v) for v in str(raw).split(",")]
         if kind == "strs":
             return [v for v in str(raw).split(",") if v]
         if kind == "limit":
@@ -88,6 +96,7 @@ def _parse(flag, kind, raw):
             return dict(_setting(flag, item) for item in str(raw).split(",") if item)
     except ValueError:
         want = {"int": "an integer", "float": "a number", "ints": "a comma-separated list of integers",
+                "floats": "a comma-separated list of numbers",
                 "limit": "an integer or 'all'"}[kind]
         raise UsageError(f"{flag}: {raw!r} is not {want}") from None
     return raw
@@ -187,7 +196,7 @@ def check_folder_name(flag, value):
 def _validate(cfg, models):
     for flag, path, kind, _ in options():
         vals = _get(cfg, path)
-        if kind in ("ints", "strs") and isinstance(vals, list) and len(set(vals)) < len(vals):
+        if kind in ("ints", "floats", "strs") and isinstance(vals, list) and len(set(vals)) < len(vals):
             repeated = sorted({v for v in vals if vals.count(v) > 1}, key=vals.index)
             raise UsageError(f"{flag}: {','.join(map(str, vals))} repeats {','.join(map(str, repeated))}; "
                              "allowed: each value once")
@@ -258,6 +267,9 @@ def check_lengths(cfg, max_positions, suites, synthetic=False):
                    "--decode-ctx + --decode-gen": max(cfg["decode"]["ctx"]) + max(cfg["decode"]["gen"])}
     if "ppl" in suites:
         longest["--ppl-seq-len"] = cfg["ppl"]["seq_len"]
+    if "longctx" in suites:   # the prompt and its answer
+        longest["--longctx-lengths + --longctx-max-new-tokens"] = max(cfg["longctx"]["lengths"]) + \
+            cfg["longctx"]["max_new_tokens"]
     for what, n in longest.items():
         if n > max_positions:
             raise UsageError(f"{what} {n} is longer than the model's context of {max_positions} tokens; "

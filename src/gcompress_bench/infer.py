@@ -16,12 +16,13 @@ the end of the generation. Two decode modes run the same loop:
 """
 import inspect
 import time
+from statistics import median
 
 import torch
 from torch._dynamo.utils import counters
 from transformers import DynamicCache, LlamaForCausalLM, StaticCache
 
-from . import ops
+from . import energy, ops
 from .models import release_memory
 from .roofline import prefill_flops, weight_bytes
 
@@ -62,9 +63,10 @@ def _device_time(fn, ops_profile, device, most=None):
 
 
 @torch.inference_mode()
-def prefill(lm, clock, batch, seq_len, warmup, iters, trials, seed, ops_profile=0):
+def prefill(lm, clock, batch, seq_len, warmup, iters, trials, seed, ops_profile=0, meter=None):
     """One iteration = one forward pass over batch x seq_len tokens, last position's logits only.
-    ops_profile > 0: that many more forwards under the profiler, after the measured ones."""
+    ops_profile > 0: that many more forwards under the profiler, after the measured ones. meter: the
+    session's energy.Meter (one for the device when None)."""
     ids = random_ids(lm.spec.config.vocab_size, batch, seq_len, seed, lm.device)
 
     def forward():
@@ -74,9 +76,12 @@ def prefill(lm, clock, batch, seq_len, warmup, iters, trials, seed, ops_profile=
     for _ in range(warmup):
         forward()
     warmup_s = time.perf_counter() - t0
-    latency, host = clock.trials(forward, 0, iters, trials)
+    meter = meter or energy.Meter(lm.device)
+    with meter.span() as span:
+        latency, host = clock.trials(forward, 0, iters, trials)
     return {"samples_ms": {"latency": latency}, "host_samples_ms": {"latency": host}, "warmup_s": round(warmup_s, 3),
             "tokens": batch * seq_len, "flops": prefill_flops(lm.model, batch, seq_len),
+            "energy": energy.prefill_record(meter, span, iters * trials, batch * seq_len),
             **_device_time(forward, ops_profile, lm.device)}
 
 
@@ -150,9 +155,10 @@ def _graphs():
 
 @torch.inference_mode()
 def decode(lm, clock, batch, ctx, gen, warmup, iters, trials, seed, mode="eager", backend="inductor", ops_profile=0,
-           inductor=None):
+           inductor=None, meter=None):
     """One iteration = one whole generation: 1 time-to-first-token sample and gen-1 step samples.
-    ops_profile > 0: that many more decode steps under the profiler, after the measured generations."""
+    ops_profile > 0: that many more decode steps under the profiler, after the measured generations.
+    Energy: the measured generations' span, less their prompts' energy from a probe run after them."""
     ids = random_ids(lm.spec.config.vocab_size, batch, ctx, seed, lm.device)
     run, fresh, decode_step = generator(lm.model, ids, gen, mode, backend, inductor)
     compile_info = None
@@ -166,18 +172,22 @@ def decode(lm, clock, batch, ctx, gen, warmup, iters, trials, seed, mode="eager"
         run(clock)
     warmup_s = time.perf_counter() - t0
     ttft, steps, total, host = [], [], [], []
-    for _ in range(trials):
-        t_ttft, t_step, t_total, t_host = [], [], [], []
-        for _ in range(iters):
-            tokens, ms, host_ms, cache = run(clock)
-            t_ttft.append(ms[0])
-            t_step.extend(ms[1:])
-            t_total.append(sum(ms))
-            t_host.extend(host_ms[1:])
-        ttft.append(t_ttft)
-        steps.append(t_step)
-        total.append(t_total)
-        host.append(t_host)
+    meter = meter or energy.Meter(lm.device)
+    with meter.span() as span:
+        for _ in range(trials):
+            t_ttft, t_step, t_total, t_host = [], [], [], []
+            for _ in range(iters):
+                tokens, ms, host_ms, cache = run(clock)
+                t_ttft.append(ms[0])
+                t_step.extend(ms[1:])
+                t_total.append(sum(ms))
+                t_host.extend(host_ms[1:])
+            ttft.append(t_ttft)
+            steps.append(t_step)
+            total.append(t_total)
+            host.append(t_host)
+    probe = energy.prompt_probe(meter, lambda: step(lm.model, ids, fresh()), median(x for t in ttft for x in t))
+    joules = energy.decode_record(meter, span, probe, iters * trials, sum(map(sum, steps)) / 1e3, batch, gen)
     per_position = kv_bytes_per_position(cache)
     # a step at position p must read every weight but the input embedding once, and p positions of KV
     weights, kv = weight_bytes(lm.model, decode_step=True), per_position * batch * (ctx + gen / 2)
@@ -185,7 +195,7 @@ def decode(lm, clock, batch, ctx, gen, warmup, iters, trials, seed, mode="eager"
             "compile": compile_info, "warmup_s": round(warmup_s, 3), "kv_cache_bytes": kv_cache_bytes(cache),
             "kv_bytes_per_position": per_position,
             "bytes_per_step": weights + kv, "weight_bytes_per_step": weights, "kv_bytes_per_step": kv,
-            "tokens_per_generation": batch * gen, "first_tokens": tokens[0, :8].tolist(),
+            "tokens_per_generation": batch * gen, "first_tokens": tokens[0, :8].tolist(), "energy": joules,
             **(_device_time(one_step(lm.model, ids, fresh, decode_step), ops_profile, lm.device, most=gen - 1)
                if gen > 1 else {})}
 

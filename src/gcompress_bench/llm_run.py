@@ -3,5 +3,7 @@ import sys
 
 from .cli import run
 
+SUITES, DEFAULT = ["infer_sweep"], "infer_sweep"
+
 if __name__ == "__main__":
-    sys.exit(run("llm_run", ["infer_sweep"], "infer_sweep"))
+    sys.exit(run("llm_run", SUITES, DEFAULT))

@@ -23,12 +23,12 @@ def check_baseline_run(baseline_dir, cfg, suites):
         raise UsageError(f"--baseline-run: {e}") from None
     differ = [f"it is a {base.get('variant')!r} run"] if base.get("variant") != "baseline" else []
     differ += [f"its {k} is {base.get(k)!r}, this run's {cfg[k]!r}" for k in ("model", "dtype") if base.get(k) != cfg[k]]
-    shared = set(base.get("suites", [])) & set(suites) & {"ppl", "lmeval"}
+    shared = set(base.get("suites", [])) & set(suites) & {"ppl", "lmeval", "longctx"}
     if differ or not shared:
         why = "; ".join(differ) if differ else f"it holds suites {base.get('suites')}, this run {suites}"
         raise UsageError(f"--baseline-run: {baseline_dir} is not a baseline run of this model, dtype and suite "
                          f"({why}); allowed: a baseline run dir of {cfg['model']} ({cfg['dtype']}) with "
-                         f"{'/'.join(s for s in suites if s in ('ppl', 'lmeval'))}")
+                         f"{'/'.join(s for s in suites if s in ('ppl', 'lmeval', 'longctx'))}")
 
 
 def with_run(baseline_dir, raw):
@@ -36,8 +36,8 @@ def with_run(baseline_dir, raw):
 
 
 def compare_cells(base, cells):
-    """Per lmeval cell: accuracy difference and McNemar over the same items; per ppl cell: the ratio.
-    Takes raw cells (they hold the per-item outcomes and window offsets)."""
+    """Per lmeval and longctx cell: accuracy difference and McNemar over the same items; per ppl cell: the
+    ratio. Takes raw cells (they hold the per-item outcomes and window offsets)."""
     out = {}
     for cid, rec in cells.items():
         ref = base.get(cid)
@@ -59,4 +59,27 @@ def compare_cells(base, cells):
                                 "diff": (sum(b) - sum(a)) / len(a), "only_reference_right": only_base,
                                 "only_candidate_right": only_other, "mcnemar_p": p}
             out[cid] = cell
+        elif rec["suite"] == "longctx":
+            out[cid] = longctx_pair(ref, rec)
     return out
+
+
+RETRIEVES = 0.5   # a reference below this accuracy retrieves too little for a difference to mean anything
+
+
+def longctx_pair(ref, rec):
+    """The same prompts (item ids, haystack and templates) answered by both runs: accuracy difference and
+    McNemar. Where the reference itself mostly fails, the cell is marked: a model that cannot retrieve has
+    nothing for compression to lose."""
+    mine = {i["id"]: i["correct"] for i in rec["items"]}
+    ids = [i["id"] for i in ref["items"] if i["id"] in mine]
+    a = [i["correct"] for i in ref["items"] if i["id"] in mine]
+    b = [mine[i] for i in ids]
+    only_base, only_other, p = mcnemar_exact(a, b)
+    same = ref["haystack"]["sha256"] == rec["haystack"]["sha256"] and ref["template"] == rec["template"]
+    return {"n_paired": len(ids), "same_prompts": same, "reference": sum(a) / len(a) if a else None,
+            "candidate": sum(b) / len(b) if b else None, "diff": (sum(b) - sum(a)) / len(a) if a else None,
+            "only_reference_right": only_base, "only_candidate_right": only_other, "mcnemar_p": p,
+            "reference_retrieves": bool(a) and sum(a) / len(a) >= RETRIEVES,
+            "by_depth": {d: {"reference": ref["by_depth"][d], "candidate": rec["by_depth"].get(d)}
+                         for d in ref["by_depth"]}}

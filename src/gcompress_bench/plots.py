@@ -114,6 +114,23 @@ def speedup_heatmaps(values, title, row_label, col_label):
     return fig
 
 
+def heatmap(grid, title):
+    """Accuracy per (prompt length, needle depth), a longctx.accuracy_grid: where retrieval breaks shows as
+    a corner going red. A cell without items is grey and "n/a", never drawn as a zero."""
+    import numpy as np
+    acc = np.array([[np.nan if v is None else v for v in row] for row in grid["acc"]], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.1 * len(grid["depths"]) + 2.5, 0.7 * len(grid["lengths"]) + 1.8))
+    im = ax.imshow(acc, cmap=matplotlib.colormaps["RdYlGn"].with_extremes(bad="lightgrey"), vmin=0, vmax=1)
+    ax.set_xticks(range(len(grid["depths"])), [f"{d:g}" for d in grid["depths"]])
+    ax.set_yticks(range(len(grid["lengths"])), [str(n) for n in grid["lengths"]])
+    for i, row in enumerate(grid["acc"]):
+        for j, v in enumerate(row):
+            ax.text(j, i, "n/a" if v is None else f"{v:.2f}\nn={grid['n'][i][j]}", ha="center", va="center", fontsize=8)
+    ax.set(xlabel="needle depth (fraction of the filler)", ylabel="prompt length (tokens)", title=title)
+    fig.colorbar(im, ax=ax, label="accuracy (exact match)")
+    return fig
+
+
 def grouped_bars(labels, bars, title, ylabel, errors=None):
     """bars = {series name: [value or None per label]}; None is drawn as a 'missing' mark."""
     fig, ax = plt.subplots(figsize=(min(14, max(6, 0.5 * len(labels) * len(bars))), 4.5))

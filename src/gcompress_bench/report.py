@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from . import dims, method, paired, plots, roofline, stats
+from . import dims, energy, longctx, method, paired, plots, roofline, stats
 from .results import ResultsError, read_json, write_json
 from .suites import SUITES, TIMED
 
@@ -118,7 +118,7 @@ def _summary(raw, cfg, env):
     return {
         "run_id": raw["run_id"], "variant": raw["variant"], "model": raw["model"], "updated_utc": raw.get("updated_utc"),
         "weights": "synthetic weights" if raw.get("synthetic_weights") else "pretrained",
-        "timer": raw["timer"], "profile": cfg.get("profile"), "dtype": cfg.get("dtype"),
+        "timer": raw["timer"], "energy": env.get("energy"), "profile": cfg.get("profile"), "dtype": cfg.get("dtype"),
         "device": cfg.get("device_resolved"), "gpu": env.get("gpu"), "torch": env.get("torch"),
         "transformers": env.get("transformers"), "suites": cfg.get("suites"),
         "iterations": ({m: {k: cfg[m][k] for k in ("warmup", "iters", "trials")} for m in TIMED
@@ -195,10 +195,12 @@ def _markdown(s, dims_table=None):
     stat_cols = ["p50", "p90", "p99", "std", "cv"]
     mem_cols = ["peak alloc MiB", "peak reserved MiB"]
     tokens = [lambda c: f"{c['tokens_per_s']:.1f}"]
-    prefill_extra = tokens + [lambda c: _roof(c, "TFLOPs", "pct_of_gemm"), busy]
+    prefill_extra = tokens + [lambda c: _roof(c, "TFLOPs", "pct_of_gemm"), busy, lambda c: joules(c, "joules_per_forward"),
+                              lambda c: joules(c, "mean_power_w")]
     decode_extra = tokens + [lambda c: f"{c['ttft_ms']:.3f}", lambda c: fmt_mib(c.get("kv_cache_bytes")),
                              lambda c: _roof(c, "GBps", "pct_of_copy"), busy,
-                             lambda c: f"{c['host_stats_ms']['step']['p50']:.3f}" if "host_stats_ms" in c else "n/a"]
+                             lambda c: f"{c['host_stats_ms']['step']['p50']:.3f}" if "host_stats_ms" in c else "n/a",
+                             lambda c: joules(c, "joules_per_token"), lambda c: joules(c, "mean_power_w")]
     ceil = s.get("ceilings") or {}
     if ceil:
         lines.append(f"- ceilings measured on this device at session start: copy {ceil['copy_GBps']} GB/s, "
@@ -214,10 +216,12 @@ def _markdown(s, dims_table=None):
     if s.get("harness"):
         lines.append(harness_line(s["harness"]))
     lines += host_lines(s.get("host"))
-    lines += _table("prefill (ms)", stat_cols + ["tokens/s", "TFLOP/s (% of matmul)", "device busy"] + mem_cols,
+    lines += energy_lines(s.get("energy"), s["cells"])
+    lines += _table("prefill (ms)", stat_cols + ["tokens/s", "TFLOP/s (% of matmul)", "device busy", "J/forward",
+                                                 "mean W"] + mem_cols,
                     _rows(s, "prefill"), lambda c: _latency_cols(c, "latency", prefill_extra))
     lines += _table("decode (ms/token)", stat_cols + ["tokens/s", "TTFT p50 ms", "KV cache MiB", "GB/s (% of copy)",
-                                                      "device busy", "host ms/step p50"]
+                                                      "device busy", "host ms/step p50", "J/token", "mean W"]
                     + mem_cols, _rows(s, "decode"), lambda c: _latency_cols(c, "step", decode_extra))
     lines += _breakdown_table(_rows(s, "decode"))
     lines += _table("ppl", ["perplexity", "mean NLL", "tokens", "windows", "dataset", "sha256", "s"], _rows(s, "ppl"),
@@ -231,6 +235,13 @@ def _markdown(s, dims_table=None):
                                                   f"{c['n']} of {c.get('n_available', '?')}", str(c["fewshot"]),
                                                   _data_source(c), c.get("data", {}).get("docs_sha256", "—")[:12],
                                                   f"{c['seconds']:.1f}"]))
+    lines += _table("longctx (exact-match accuracy of greedy answers)",
+                    ["accuracy", "n", "by depth", "seed", "haystack sha256", "s"], _rows(s, "longctx"),
+                    _dash_unless_ok(6, lambda c: [f"{c['accuracy']:.3f}", str(c["n"]), ", ".join(
+                        f"{d}: {a:.2f}" for d, a in c["by_depth"].items()), str(c["seed"]),
+                        c["haystack"]["sha256"][:12], f"{c['seconds']:.1f}"]))
+    heatmaps = [p for p in s.get("plots", []) if p.startswith("longctx_")]
+    lines += [""] + [f"![{p}](plots/{p})" for p in heatmaps] if heatmaps else []
     lines += _dims_markdown(dims_table)
     if s.get("paired"):
         lines += _paired_markdown(s["paired"], s["variant"])
@@ -246,6 +257,32 @@ def busy(c):
     if c.get("device_busy") is None:
         return "n/a"
     return f"{100 * c['device_busy']:.0f}%" + (" **host-bound**" if c["host_bound"] else "")
+
+
+def joules(c, key):
+    """An energy field as a table shows it; `not available` where the run had no counter (the reason is in the
+    run's energy line), n/a for runs from before energy was recorded."""
+    e = c.get("energy")
+    if not e:
+        return "n/a"
+    return f"{e[key]:.4g}" if isinstance(e.get(key), (int, float)) else energy.NOT_AVAILABLE
+
+
+def energy_lines(e, cells):
+    if not e:
+        return []
+    if not e["available"]:
+        return [f"- energy: {energy.NOT_AVAILABLE} ({e['reason']})"]
+    lines = [f"- energy: the GPU's counter ({e['counter']}) around each cell's measured regions; power limit "
+             f"{e['power_limit_w']:.0f} W at session start. Decode J/token: the steps' energy (generations less "
+             "their prompts, from a probe) per generated token; mean W over the steps"]
+    moved = {cid: c["energy"]["span"]["power_limit_w"] for cid, c in cells.items()
+             if (c.get("energy") or {}).get("span") and len(set(c["energy"]["span"]["power_limit_w"])) > 1}
+    lines += [f"- **WARNING**: the power limit changed during {cid} ({a:.0f} -> {b:.0f} W): its time and energy "
+              "measure two machines" for cid, (a, b) in moved.items()]
+    lines += [f"- energy {energy.NOT_AVAILABLE} in {cid}: {c['energy']['reason']}" for cid, c in cells.items()
+              if c.get("energy") and not c["energy"]["available"]]
+    return lines
 
 
 def harness_line(h):
@@ -305,6 +342,9 @@ def _paired_markdown(paired, name):
             lines.append(f"- {cid}: perplexity {p['ppl']:.4f} vs {p['ppl_reference']:.4f}, ratio "
                          f"{p['ppl_ratio']:.4f} (same windows: {p['same_windows']})")
             continue
+        if "same_prompts" in p:
+            lines.append(f"- {cid}: {name} {p['candidate']:.4f} vs baseline {p['reference']:.4f} ({longctx_verdict(p)})")
+            continue
         for m in ("acc", "acc_norm"):
             q = p[m]
             lines.append(f"- {cid} {m}: {name} {q['candidate']:.4f} vs baseline {q['reference']:.4f} "
@@ -314,10 +354,27 @@ def _paired_markdown(paired, name):
     return lines
 
 
-def _plots(s, out, dims_table=None):
-    """Latency plots of the timing cells; a quality-only run has none, and no plots/ folder."""
+def longctx_verdict(p):
+    """A paired longctx cell in words: the difference and its test, or why there is nothing to compare."""
+    if not p["same_prompts"]:
+        return "DIFFERENT prompts (haystack or templates changed): not comparable"
+    verdict = (f"diff {p['diff']:+.4f} over {p['n_paired']} paired prompts; only baseline right "
+               f"{p['only_reference_right']}, only candidate right {p['only_candidate_right']}; exact McNemar "
+               f"p = {p['mcnemar_p']:.4f}")
+    if not p["reference_retrieves"]:
+        verdict += f"; **the baseline retrieves below {paired.RETRIEVES:.0%} here: the comparison says nothing**"
+    return verdict
+
+
+def _plots(s, out, dims_table=None, raw_cells=None):
+    """Latency plots of the timing cells and a length x depth heatmap per longctx task; a run with neither
+    has no plots/ folder."""
     series = {s["variant"]: s["cells"]}
     made = []
+    for task, grid in longctx_grids(raw_cells or {}).items():
+        out.mkdir(exist_ok=True)
+        made.append(plots.save(plots.heatmap(grid, f"{s['variant']}: {task} accuracy, {s['model']}"),
+                               out / f"longctx_{task}.png"))
     for suite, plot, name in (("prefill", plots.prefill_latency, "prefill_latency.png"),
                               ("decode", plots.decode_latency, "decode_ms_per_token.png")):
         if any(c["suite"] == suite and c["status"] == "ok" for c in s["cells"].values()):
@@ -329,6 +386,15 @@ def _plots(s, out, dims_table=None):
                                  f"{op}, {dims_table['device_name']}, {dims_table['dtype']} (p50)")
         made.append(plots.save(fig, out / f"dims_{op}.png"))
     return made
+
+
+def longctx_grids(raw_cells):
+    """{task: length x depth accuracy grid} over a run's finished longctx cells."""
+    items = {}
+    for c in raw_cells.values():
+        if c.get("suite") == "longctx" and c.get("status") == "ok":
+            items.setdefault(c["task"], []).extend(c["items"])
+    return {task: longctx.accuracy_grid(found) for task, found in items.items()}
 
 
 def _dims_markdown(table):
@@ -372,7 +438,7 @@ def summarize(run_dir):
     table = dims.table(s)
     if table:
         write_json(run_dir / dims.TABLE_FILE, table)
-    s["plots"] = _plots(s, run_dir / "plots", table)
+    s["plots"] = _plots(s, run_dir / "plots", table, read_json(run_dir / "raw.json")["cells"])
     write_json(run_dir / "summary.json", s)
     (run_dir / "run_summary.md").write_text(_markdown(s, table))
     return s

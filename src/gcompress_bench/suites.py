@@ -4,7 +4,7 @@ progress lines and summaries all read it, so a new kind of cell is one new recor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import dims
+from . import dims, longctx
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,12 @@ SUITES = {s.marker: s for s in (
           lambda p: QUALITY_COST),
     Suite("dims", "dims", (), dims.cell_ids, dims.cost, headline="latency", derive=dims.derive, timed=True,
           validate=dims.check_grid, opt_in=True),
+    Suite("longctx", "longctx", (),
+          lambda g: [(f"{t}-L{n}", {"task": t, "length": n}) for t in g["tasks"] for n in g["lengths"]],
+          lambda p: QUALITY_COST, validate=longctx.check_grid, opt_in=True),
 )}
 TIMED = tuple(m for m, s in SUITES.items() if s.timed)
+QUALITY = tuple(m for m, s in SUITES.items() if not s.timed)   # they need pretrained weights
 
 
 def jobs():
