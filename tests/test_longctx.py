@@ -55,6 +55,8 @@ def test_haystack_keeps_the_prose_only(tmp_path):
     readme_first = "A pytest-based benchmark suite that measures what KV-cache compression really buys an LLM."
     assert default.splitlines()[0] == readme_first and sha == hashlib.sha256(default.encode()).hexdigest()
     assert not any(s.startswith(("|", "#")) or "```" in s for s in default.splitlines())
+    # the default is a text file taken from the docs once, read line by line: editing the docs changes no prompt
+    assert default == (longctx.REPO_ROOT / "data/longctx/haystack.txt").read_text().strip()
 
 
 def test_haystack_that_is_not_text_is_one_line(tmp_path):

@@ -77,11 +77,16 @@ def _sentences(markdown):
 
 
 def haystack(paths=None):
-    """(text, sha256): the prose of the project's own docs (tasks.yaml names them), one sentence a line.
-    build_items repeats it from the start when a prompt needs more text than there is."""
+    """(text, sha256): one sentence a line, from the files tasks.yaml names: a text file's lines as they are,
+    a markdown file's prose. The default is data/longctx/haystack.txt, the prose of the project's own docs
+    taken once, so that editing the docs never changes the prompts a baseline run answered. build_items
+    repeats it from the start when a prompt needs more text than there is."""
     paths = paths or yaml.safe_load(TASKS.read_text())["haystack"]
     allowed = "markdown or text files with prose"
-    sentences = [s for p in paths for s in _sentences(read_text_file("longctx haystack", str(REPO_ROOT / p), allowed))]
+    sentences = []
+    for p in paths:
+        text = read_text_file("longctx haystack", str(REPO_ROOT / p), allowed)
+        sentences += _sentences(text) if str(p).endswith(".md") else [s for s in text.splitlines() if s.strip()]
     if not sentences:
         raise UsageError(f"longctx haystack: {', '.join(map(str, paths))} hold no prose; allowed: {allowed}")
     text = "\n".join(sentences)
