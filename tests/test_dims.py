@@ -223,3 +223,4 @@ def test_a_run_without_m_dims_never_starts_the_sweep():
     assert default.returncode == 0, default.stdout + default.stderr
     assert "test_dims[" not in default.stdout and "test_prefill[B1-S32]" in default.stdout
     assert "gcompress-bench: 41 dims cells deselected: they run only when -m names dims" in default.stdout
+    assert "gcompress-bench: 3 longctx cells deselected: they run only when -m names longctx" in default.stdout
