@@ -235,3 +235,28 @@ def test_a_host_bound_cell_is_marked_in_comparison_tables():
     assert comparison._p50({"p50": 20.5, "host_bound": True}, ms) == "20.500 **host-bound**"
     assert comparison._p50({"p50": 5.0, "host_bound": False}, ms) == "5.000"
     assert comparison._p50({"missing": "not run"}, ms) == "not run"
+
+
+def test_a_suite_split_into_pieces_costs_their_sum(tmp_path):
+    """The full profile's infer_sweep as measured on an H200 in three pieces per variant (docs/h200/full): the
+    cost table sums the pieces' measured regions, recomputed here from every raw sample, over their walls."""
+    full = REPO / "docs/h200/full"
+    pieces = {"baseline": ["base-dec", "base-pre", "base-pre-b8s4096"],
+              "palu": ["palu-dec", "palu-pre", "palu-pre-b8s4096"]}
+    rep = comparison.write([full / r for r in pieces["baseline"]], {"palu": [full / r for r in pieces["palu"]]},
+                           tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    total = 0.0
+    for cost in rep["cost"]:
+        raws = [json.loads((full / r / "raw.json").read_text()) for r in pieces[cost["label"]]]
+        measured = sum(sum(map(sum, c["samples_ms"]["total" if "total" in c["samples_ms"] else "latency"]))
+                       for raw in raws for c in raw["cells"].values() if c.get("status") == "ok") / 1e3
+        wall = sum(raw["harness"]["wall_s"] for raw in raws)
+        assert cost["runs"] == 3 and cost["wall_s"] == pytest.approx(wall)
+        assert cost["parts_s"]["measured"] == pytest.approx(measured)
+        assert cost["efficiency"] == pytest.approx(measured / wall) and 0.4 < measured / wall < 0.7
+        assert f"| {cost['label']} | 3 | {measured:.1f} | {wall:.1f} | {100 * measured / wall:.0f}% | {wall / 60:.1f} |" \
+            in md
+        total += wall / 60
+    assert len(rep["prefill"]) == 15 and len(rep["decode"]) == 12
+    assert f"All columns: {total:.1f} device minutes." in md

@@ -4,6 +4,7 @@ head_dim 128, PaLU group size 4: 2 groups of 512 rows; K and V ranks 358 unalign
 
     PYTHONPATH=src python tools/latent_kernel_bench.py            # the table, then the model check
     PYTHONPATH=src python tools/latent_kernel_bench.py --sweep    # block sizes / warps / split, fused only
+    ncu -k regex:_split_kernel python tools/latent_kernel_bench.py --once --batches 8 --lengths 8192
 
 Prints JSON lines: "env" first; one "layer" line per (ranks, B, T): errors of fused and torch path
 (bf16) against the torch path in fp32, fused vs torch path, and p50 ms over --iters CUDA-event
@@ -28,7 +29,7 @@ from torch import nn
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, StaticCache
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-from gcompress_bench import latent, latent_kernel
+from gcompress_bench import latent, latent_kernel, roofline
 from gcompress_bench.palu import PaluLinear
 
 DEV, DTYPE = "cuda", torch.bfloat16
@@ -109,7 +110,7 @@ def compiled(fn):
     return torch.compile(fn, mode="reduce-overhead", fullgraph=True, dynamic=False)
 
 
-def layer_rows(args, shared):
+def layer_rows(args, shared, ceilings):
     config = llama3_config()
     for rank in args.ranks:
         layer = make_layer(config, rank, shared)
@@ -142,19 +143,64 @@ def layer_rows(args, shared):
                     row = {"rank": rank, "B": b, "T": t, "fused_vs_fp32": errors(out_f, ref),
                            "unfused_vs_fp32": errors(out_u, ref), "fused_vs_unfused": errors(out_f, out_u),
                            "fused_with_tail_vs_fp32": errors(out_tail, ref)}
-                    unfused_c, fused_c = compiled(unfused), compiled(fused)
+                    # what a full cache does in the same place: palu full and the baseline, same attention
+                    k_full, v_full = (torch.randn(b, KV, t, HD, device=DEV, generator=g).to(DTYPE) for _ in range(2))
+                    for x in (k_full, v_full):
+                        torch._dynamo.mark_static_address(x)   # else each replay copies the whole cache in
+
+                    def full(q=q, k=k_full, v=v_full):
+                        return latent.grouped_decode_attention(q, k, v, None, layer.scaling)
+                    unfused_c, fused_c, full_c = compiled(unfused), compiled(fused), compiled(full)
                     skips = cudagraph_skips()
                     row["fused_compiled_vs_fused"] = errors(fused_c().clone(), out_f)
                     row["ms_p50"] = {"unfused": p50_ms(unfused, args.iters, args.warmup),
                                      "unfused_compiled": p50_ms(unfused_c, args.iters, args.warmup),
                                      "fused": p50_ms(fused, args.iters, args.warmup),
-                                     "fused_compiled": p50_ms(fused_c, args.iters, args.warmup)}
+                                     "fused_compiled": p50_ms(fused_c, args.iters, args.warmup),
+                                     "full_compiled": p50_ms(full_c, args.iters, args.warmup)}
                     row["cudagraph_skips"] = cudagraph_skips() - skips
                     ms = row["ms_p50"]
                     row["speedup_compiled"] = round(ms["unfused_compiled"] / ms["fused_compiled"], 2)
+                    row.update(floors(layer, b, t, ceilings, ms))
                 emit("layer", **row)
-                del q, zk, zv, unfused_c, fused_c
+                del q, zk, zv, k_full, v_full, unfused_c, fused_c, full_c
                 torch.cuda.empty_cache()
+
+
+def floors(layer, b, t, ceilings, ms):
+    """Why a latent path can or cannot beat the full cache here: each path's least time at the
+    measured ceilings. The latent paths read fewer bytes but must rebuild K (r x head_dim
+    multiply-adds per KV head and position) before RoPE; the full cache reads K and V and rebuilds
+    nothing. Achieved rates: the rebuild's FLOPs (latent paths) or the bytes (full) over the p50."""
+    latent_bytes = b * t * (sum(layer.k_ranks) + sum(layer.v_ranks)) * 2
+    full_bytes = b * t * KV * HD * 2 * 2
+    rebuild_flops = 2 * b * t * sum(r * GS * HD for r in layer.k_ranks)
+    gbps, tflops = ceilings["copy_GBps"], ceilings["gemm_TFLOPs"]
+    floor = {"full": full_bytes / gbps / 1e6, "latent_bytes": latent_bytes / gbps / 1e6,
+             "latent_rebuild": rebuild_flops / tflops / 1e9}
+    return {"bytes": {"latent": latent_bytes, "full": full_bytes}, "rebuild_flops": rebuild_flops,
+            "floor_ms": {k: round(v, 4) for k, v in floor.items()},
+            "achieved": {"full_GBps": round(full_bytes / ms["full_compiled"] / 1e6, 1),
+                         "fused_rebuild_TFLOPs": round(rebuild_flops / ms["fused_compiled"] / 1e9, 1),
+                         "unfused_rebuild_TFLOPs": round(rebuild_flops / ms["unfused_compiled"] / 1e9, 1)}}
+
+
+def once(args, shared):
+    """Each path once, eagerly, at every (B, T): what a kernel profiler (ncu) needs and no more."""
+    layer = make_layer(llama3_config(), args.ranks[0], shared)
+    with torch.inference_mode():
+        for b in args.batches:
+            for t in args.lengths:
+                g = torch.Generator(device=DEV).manual_seed(0)
+                q = 1.5 * torch.randn(b, HEADS, 1, HD, device=DEV, generator=g).to(DTYPE)
+                zk, zv = (torch.randn(b, 1, t, 2 * args.ranks[0], device=DEV, generator=g).to(DTYPE)
+                          for _ in range(2))
+                length = torch.full((1,), t, device=DEV, dtype=torch.long)
+                latent_kernel.decode_attention(q, zk, zv, layer.k_up, layer.k_meta, shared.cos, shared.sin,
+                                               length, layer.scaling, layer.v_ranks, shared.sm_count)
+                layer._attend(q, zk, zv, None)
+                torch.cuda.synchronize()
+                emit("once", B=b, T=t, rank=args.ranks[0])
 
 
 def sweep(args, shared):
@@ -237,6 +283,7 @@ def main():
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--once", action="store_true", help="each path once per (B, T), for a kernel profiler")
     args = ap.parse_args()
     import triton
     warn = Warnings()
@@ -246,10 +293,14 @@ def main():
     rotary = LlamaRotaryEmbedding(llama3_config()).to(DEV)
     shared = latent_kernel.shared(rotary, max(args.lengths) + 256, DTYPE, DEV)
     emit("shared", sm_count=shared.sm_count, table=list(shared.cos.shape))
-    if args.sweep:
+    if args.once:
+        once(args, shared)
+    elif args.sweep:
         sweep(args, shared)
     else:
-        layer_rows(args, shared)
+        ceilings = roofline.measure_ceilings(DEV, DTYPE)
+        emit("ceilings", **ceilings)
+        layer_rows(args, shared, ceilings)
         model_check()
     emit("mutation_analysis", ok=not warn.seen, warnings=warn.seen[:3])
 

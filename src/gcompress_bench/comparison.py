@@ -58,6 +58,7 @@ def load_side(label, run_dirs):
         timing = any(c.get("suite") in ("prefill", "decode") for c in s["cells"].values())
         side["runs"].append({"dir": str(d), "run_id": s["run_id"], "variant": s["variant"], "timing": timing,
                              "span": [read_json(d / "env.json").get("time_utc"), s.get("updated_utc")],
+                             "harness": s.get("harness"),
                              "settings": settings(read_json(d / "config.json")), **{k: s[k] for k in RUN_KEYS}})
         side["envs"].append(read_json(d / "env.json"))
         side["variant"] = side["variant"] or s["variant"]
@@ -193,7 +194,23 @@ def build(reference_dirs, candidates):
         "lmeval": _quality_rows(ref, cands, "lmeval", ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n",
                                                        "fewshot", "source")),
         "longctx": _quality_rows(ref, cands, "longctx", ("accuracy", "n", "by_depth")),
+        "cost": [c for c in map(_cost, sides) if c],
     }, sides
+
+
+def _cost(side):
+    """What one column's timing runs cost together, e.g. the pieces a suite was split into: their
+    measured regions over their sessions' wall time, and the device minutes (one device per run)."""
+    runs = [r["harness"] for r in side["runs"] if r.get("harness")]
+    if not runs:
+        return None
+    parts = {}
+    for h in runs:
+        for k, v in h["parts_s"].items():
+            parts[k] = parts.get(k, 0.0) + v
+    wall = sum(h["wall_s"] for h in runs)
+    return {"label": side["label"], "runs": len(runs), "wall_s": wall, "efficiency": parts["measured"] / wall,
+            "device_minutes": wall / 60, "parts_s": parts}
 
 
 def _v(values, key, fmt):
@@ -290,6 +307,16 @@ def markdown(rep):
                          [x for label in labels for x in (_v(r["values"][label], "accuracy", "{:.3f}".format),
                                                           verdict(r["paired"][label]))]
                          for r in rep["longctx"]])
+    if rep.get("cost"):
+        kinds = [k for k in rep["cost"][0]["parts_s"] if k != "measured"]
+        lines += _table("what the timing runs cost (harness efficiency = measured regions / session wall; one "
+                        "device per run)", ["column", "runs", "measured s", "wall s", "efficiency", "device min"] +
+                        [f"{k} s" for k in kinds],
+                        [[c["label"], str(c["runs"]), f"{c['parts_s']['measured']:.1f}", f"{c['wall_s']:.1f}",
+                          f"{100 * c['efficiency']:.0f}%", f"{c['device_minutes']:.1f}"] +
+                         [f"{c['parts_s'].get(k, 0.0):.1f}" for k in kinds] for c in rep["cost"]])
+        total = sum(c["device_minutes"] for c in rep["cost"])
+        lines += ["", f"All columns: {total:.1f} device minutes."]
     lines += _time_went_markdown(rep.get("time_went", []), ref, labels)
     for c in rep["candidates"]:
         if c["facts"]:

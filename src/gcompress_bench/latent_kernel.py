@@ -91,7 +91,7 @@ def decode_attention(q, zk, zv, up, meta, cos, sin, length, scale, v_ranks, sm_c
     up, meta from pack(); cos, sin from shared(); length: live positions, int tensor (b,) or (1,).
     Returns (b, Σ_h r_v(h)) in latent.py's layout: per query head, in head order, P_h @ zv of its
     group. `waves`: programs per SM the split aims for (split-K fills the GPU when b * KV heads
-    cannot); the block sizes and warps are the tuning knobs .gpu/latent_kernel_bench.py sweeps."""
+    cannot); the block sizes and warps are the tuning knobs tools/latent_kernel_bench.py sweeps."""
     b, heads, _, hd = q.shape
     kv_heads, t = up.shape[0], zk.shape[2]
     gs, n_rep, half = kv_heads // len(v_ranks), heads // kv_heads, hd // 2
