@@ -337,3 +337,29 @@ def test_pack_lays_out_each_kv_heads_rows_and_the_group_offsets():
     assert torch.equal(up[3, :5], us[1].weight[4:8].T) and torch.equal(up[1, :3], us[0].weight[4:8].T)
     assert not up[0, 3:].any()
     assert meta.tolist() == [[3, 0, 6, 0, 0], [5, 3, 2, 6, 36]]     # 2 KV heads x 3 query heads x rank 6
+
+
+def test_bench_floors_show_the_rebuild_costs_about_what_the_full_cache_reads():
+    """tools/latent_kernel_bench.py's floors, against a hand count for Llama-3-8B at rank 352 per group of 4 KV
+    heads and the ceilings measured on the H200 with them: the K rebuild alone takes 93% of the full cache's read,
+    so no latent kernel can be more than 1.07x faster there; the committed H200 file holds the same floors."""
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import latent_kernel_bench as bench
+    finally:
+        sys.path.pop(0)
+    layer = SimpleNamespace(k_ranks=[352, 352], v_ranks=[352, 352])
+    ceilings = {"copy_GBps": 4240.4, "gemm_TFLOPs": 801.23}
+    ms = {"full_compiled": 1.0, "fused_compiled": 4.174, "unfused_compiled": 1.558}
+    got = bench.floors(layer, 8, 32768, ceilings, ms)
+    positions = 8 * 32768   # per position, two groups: (352 + 352) x 2 bytes each, K and V of 4 heads x 128 x 2 bytes
+    assert got["bytes"] == {"latent": positions * 2 * 1408, "full": positions * 2 * 2048}
+    assert got["rebuild_flops"] == positions * 2 * 360_448   # 352 x 512 multiply-adds per group
+    full_ms, rebuild_ms = positions * 4096 / 4240.4e9 * 1e3, positions * 720_896 / 801.23e12 * 1e3
+    assert got["floor_ms"]["full"] == pytest.approx(full_ms, abs=1e-4)
+    assert got["floor_ms"]["latent_rebuild"] == pytest.approx(rebuild_ms, abs=1e-4)
+    assert 1.07 < full_ms / max(rebuild_ms, positions * 2816 / 4240.4e9 * 1e3) < 1.08
+    assert got["achieved"]["fused_rebuild_TFLOPs"] == pytest.approx(positions * 720_896 / 4.174e-3 / 1e12, abs=0.1)
+    rows = [json.loads(line) for line in (REPO / "docs/h200/decode/latent_kernel_floors.jsonl").read_text().splitlines()]
+    h200 = {(r["B"], r["T"]): r for r in rows if r["kind"] == "layer"}
+    assert h200[(8, 32768)]["floor_ms"] == got["floor_ms"] and len(h200) == 6
