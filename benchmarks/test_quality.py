@@ -17,7 +17,7 @@ def test_lmeval(lmeval_cell, bench_model, bench_run, bench_record):
     limit = None if g["limit"] == "all" else g["limit"]
     rec = infer.run_cell(lmeval.evaluate, bench_model.device, lm=bench_model,
                          task=bench_run.lm_tasks[lmeval_cell.params["task"]], fewshot=lmeval_cell.params["fewshot"], limit=limit,
-                         batch_size=g["batch_size"])
+                         batch_size=g["batch_size"], ruler_length=g.get("ruler_length"))
     assert rec["status"] != "ok" or 1 <= rec["n"] == min(limit or rec["n_available"], rec["n_available"])
     bench_record(lmeval_cell, rec)
 

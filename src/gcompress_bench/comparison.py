@@ -4,7 +4,7 @@ check, so a comparison across machines or settings is refused or flagged, never 
 import json
 from pathlib import Path
 
-from . import method, ops, paired as paired_test, plots, report
+from . import lmeval, method, ops, paired as paired_test, plots, report
 from .report import fmt_mib
 from .results import ResultsError, read_json, write_json
 
@@ -15,7 +15,7 @@ SETTINGS = {"all": ("model", "dtype", "profile"),
             "infer_sweep": ("prefill.warmup", "prefill.iters", "prefill.trials", "decode.warmup", "decode.iters",
                             "decode.trials", "decode.mode", "decode.inductor", "layout", "seed"),
             "ppl": ("ppl.corpus", "ppl.seq_len", "ppl.stride"),
-            "lmeval": ("lmeval.limit", "lmeval.batch_size", "lmeval.tasks_path"),
+            "lmeval": ("lmeval.limit", "lmeval.batch_size", "lmeval.tasks_path", "lmeval.ruler_length"),
             "longctx": ("longctx.depths", "longctx.items", "longctx.max_new_tokens", "seed")}
 
 
@@ -191,8 +191,8 @@ def build(reference_dirs, candidates):
         "decode": _latency_rows(ref, cands, "decode", "step"),
         "ppl": _quality_rows(ref, cands, "ppl", ("ppl", "nll", "tokens", "windows", "dataset")),
         "time_went": _time_went_rows(ref, cands),
-        "lmeval": _quality_rows(ref, cands, "lmeval", ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n",
-                                                       "fewshot", "source")),
+        "lmeval": _quality_rows(ref, cands, "lmeval", ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "score",
+                                                       "score_stderr", "length", "n", "fewshot", "source")),
         "longctx": _quality_rows(ref, cands, "longctx", ("accuracy", "n", "by_depth")),
         "cost": [c for c in map(_cost, sides) if c],
     }, sides
@@ -211,6 +211,11 @@ def _cost(side):
     wall = sum(h["wall_s"] for h in runs)
     return {"label": side["label"], "runs": len(runs), "wall_s": wall, "efficiency": parts["measured"] / wall,
             "device_minutes": wall / 60, "parts_s": parts}
+
+
+def _lmeval_metrics(row):
+    """An lmeval row's metrics (acc and acc_norm, or a RULER task's score), from a side that ran it."""
+    return lmeval.metrics(next((v for v in row["values"].values() if "missing" not in v), {})).names
 
 
 def _v(values, key, fmt):
@@ -291,13 +296,14 @@ def markdown(rep):
             return (f"{q['diff']:+.4f} (p {q['mcnemar_p']:.3f}; {q['only_reference_right']}/"
                     f"{q['only_candidate_right']})") if q else "—"
         lines += _table("accuracy (± stderr; diff to the reference, exact McNemar p over the same items; items only "
-                        "the reference / only the candidate got right)",
+                        "the reference / only the candidate got right; RULER score: share of gold strings found, "
+                        "an item right when all are)",
                         ["cell", "metric", ref] + [h for label in labels for h in (label, "diff")] + ["data"],
                         [[r["cell"], m, acc(r["values"][ref], m)] +
                          [x for label in labels for x in (acc(r["values"][label], m),
                                                           diff((r["paired"][label] or {}).get(m)))]
                          + [str(next((v["source"] for v in r["values"].values() if "source" in v), "—"))]
-                         for r in rep["lmeval"] for m in ("acc", "acc_norm")])
+                         for r in rep["lmeval"] for m in _lmeval_metrics(r)])
     if rep["longctx"]:
         def verdict(p):
             return report.longctx_verdict(p) if p else "—"
@@ -421,11 +427,13 @@ def write_plots(rep, sides, out, cell=None):
                                                   {n: [r["values"][n].get("ppl") for r in rep["ppl"]] for n in names},
                                                   "perplexity (lower is better)", "perplexity"), out / "ppl.png"))
     if rep["lmeval"]:
-        cells = [r["cell"].removeprefix("test_lmeval") for r in rep["lmeval"]]
+        by_metric = {m: [r for r in rep["lmeval"] if m in _lmeval_metrics(r)]
+                     for m in lmeval.CHOICE.names + lmeval.RULER.names}
         made.append(plots.save(plots.panels([
-            (cells, {n: [r["values"][n].get(m) for r in rep["lmeval"]] for n in names}, f"{m} ± stderr", m,
-             {n: [r["values"][n].get(f"{m}_stderr") for r in rep["lmeval"]] for n in names})
-            for m in ("acc", "acc_norm")]), out / "accuracy.png"))
+            ([r["cell"].removeprefix("test_lmeval") for r in rows], {n: [r["values"][n].get(m) for r in rows]
+                                                                     for n in names}, f"{m} ± stderr", m,
+             {n: [r["values"][n].get(f"{m}_stderr") for r in rows] for n in names})
+            for m, rows in by_metric.items() if rows]), out / "accuracy.png"))
     for s in sides:
         for task, grid in report.longctx_grids(s["raw"]).items():
             made.append(plots.save(plots.heatmap(grid, f"{s['label']}: {task} accuracy, {model}"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from . import REPO_ROOT, UsageError, align, layout, method
+from . import REPO_ROOT, UsageError, align, layout, lmeval, method
 from .suites import SUITES, TIMED
 
 SUITES_FILE = REPO_ROOT / "experiments" / "llm_suites.yaml"
@@ -17,6 +17,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 DECODE_MODES = ("eager", "compiled")
 ITER_KEYS = ("warmup", "iters", "trials")
+RULER_MIN_LENGTH = 512
 
 # (flag, config path, kind, help). kind: str | int | float | ints / floats / strs (comma lists) | limit (int or "all")
 # | flag (no value)
@@ -56,6 +57,8 @@ OPTIONS = [
     ("--limit", "lmeval.limit", "limit", "lmeval: first N documents per task, or all"),
     ("--fewshot", "lmeval.fewshot", "ints", "lmeval: few-shot counts, each its own cell, e.g. 0,1"),
     ("--tasks-path", "lmeval.tasks_path", "str", "lmeval: a folder of your own task YAMLs (searched recursively)"),
+    ("--lmeval-ruler-length", "lmeval.ruler_length", "int", "lmeval: tokens of each RULER task's prompts and answer "
+                                                            "(niah_single_1, ruler_vt, ...; one length per run)"),
     ("--longctx-tasks", "longctx.tasks", "strs", "longctx: retrieval tasks of data/longctx/tasks.yaml (passkey, "
                                                  "multikey, vartrack)"),
     ("--longctx-lengths", "longctx.lengths", "ints", "longctx: prompt lengths in tokens, each its own cell"),
@@ -243,6 +246,14 @@ def _validate(cfg, models):
     if not cfg["lmeval"]["tasks"] or any(k < 0 for k in cfg["lmeval"]["fewshot"]) or not cfg["lmeval"]["fewshot"]:
         raise UsageError(f"--tasks/--fewshot: {cfg['lmeval']['tasks']}/{cfg['lmeval']['fewshot']} is not allowed; "
                          "give at least one task and few-shot counts >= 0")
+    ruler = [t for t in cfg["lmeval"]["tasks"] if t in lmeval.RULER_TASKS]
+    if ruler and cfg["lmeval"]["fewshot"] != [0]:
+        raise UsageError(f"--fewshot: {','.join(map(str, cfg['lmeval']['fewshot']))} is not allowed with the RULER "
+                         f"task(s) {', '.join(ruler)}; allowed: --fewshot 0")
+    length = cfg["lmeval"].get("ruler_length")
+    if ruler and (not isinstance(length, int) or length < RULER_MIN_LENGTH):
+        raise UsageError(f"--lmeval-ruler-length: {length!r} is not allowed; it must be an integer >= "
+                         f"{RULER_MIN_LENGTH} (a RULER prompt's template and its 128 answer tokens must fit)")
     ppl = cfg["ppl"]
     if ppl["seq_len"] < 2 or (ppl["stride"] is not None and not 1 <= ppl["stride"] <= ppl["seq_len"]):
         raise UsageError(f"--ppl-seq-len/--ppl-stride: {ppl['seq_len']}/{ppl['stride']} is not allowed; "
@@ -267,6 +278,8 @@ def check_lengths(cfg, max_positions, suites, synthetic=False):
                    "--decode-ctx + --decode-gen": max(cfg["decode"]["ctx"]) + max(cfg["decode"]["gen"])}
     if "ppl" in suites:
         longest["--ppl-seq-len"] = cfg["ppl"]["seq_len"]
+    if "lmeval" in suites and any(t in lmeval.RULER_TASKS for t in cfg["lmeval"]["tasks"]):   # prompt and answer
+        longest["--lmeval-ruler-length"] = cfg["lmeval"]["ruler_length"]
     if "longctx" in suites:   # the prompt and its answer
         longest["--longctx-lengths + --longctx-max-new-tokens"] = max(cfg["longctx"]["lengths"]) + \
             cfg["longctx"]["max_new_tokens"]

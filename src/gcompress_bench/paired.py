@@ -2,7 +2,7 @@
 is a delta more than noise?"""
 from math import comb
 
-from . import UsageError
+from . import UsageError, lmeval
 from .results import ResultsError, read_json
 
 
@@ -36,8 +36,8 @@ def with_run(baseline_dir, raw):
 
 
 def compare_cells(base, cells):
-    """Per lmeval and longctx cell: accuracy difference and McNemar over the same items; per ppl cell: the
-    ratio. Takes raw cells (they hold the per-item outcomes and window offsets)."""
+    """Per lmeval and longctx cell: accuracy (RULER: score) difference and McNemar over the same items; per
+    ppl cell: the ratio. Takes raw cells (they hold the per-item outcomes and window offsets)."""
     out = {}
     for cid, rec in cells.items():
         ref = base.get(cid)
@@ -49,15 +49,17 @@ def compare_cells(base, cells):
                         "same_windows": same}
         elif rec["suite"] == "lmeval":
             mine = {i["doc_id"]: i for i in rec["items"]}
-            docs = [i["doc_id"] for i in ref["items"] if i["doc_id"] in mine]
-            cell = {"n_paired": len(docs)}
-            for metric in ("acc", "acc_norm"):
-                a = [ref_i[metric] for ref_i in ref["items"] if ref_i["doc_id"] in mine]
-                b = [mine[d][metric] for d in docs]
-                only_base, only_other, p = mcnemar_exact(a, b)
+            pairs = [(i, mine[i["doc_id"]]) for i in ref["items"] if i["doc_id"] in mine]
+            cell = {"n_paired": len(pairs)}
+            for metric, outcome in lmeval.metrics(rec).outcome.items():   # the mean of the metric, McNemar
+                a = [x[metric] for x, _ in pairs]                         # over the items' 0/1 outcomes
+                b = [y[metric] for _, y in pairs]
+                only_base, only_other, p = mcnemar_exact([x[outcome] for x, _ in pairs], [y[outcome] for _, y in pairs])
                 cell[metric] = {"reference": sum(a) / len(a), "candidate": sum(b) / len(b),
                                 "diff": (sum(b) - sum(a)) / len(a), "only_reference_right": only_base,
                                 "only_candidate_right": only_other, "mcnemar_p": p}
+            if "length" in rec:   # generated documents: the same only if built alike
+                cell["same_docs"] = ref["data"]["docs_sha256"] == rec["data"]["docs_sha256"]
             out[cid] = cell
         elif rec["suite"] == "longctx":
             out[cid] = longctx_pair(ref, rec)

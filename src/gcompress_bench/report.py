@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from . import dims, energy, longctx, method, paired, plots, roofline, stats
+from . import dims, energy, lmeval, longctx, method, paired, plots, roofline, stats
 from .results import ResultsError, read_json, write_json
 from .suites import SUITES, TIMED
 
@@ -228,12 +228,19 @@ def _markdown(s, dims_table=None):
                     _dash_unless_ok(7, lambda c: [f"{c['ppl']:.4f}", f"{c['nll']:.4f}", str(c["tokens"]),
                                                   str(c["windows"]), c["dataset"], c["sha256"][:12],
                                                   f"{c['seconds']:.1f}"]))
+    ruler = [(cid, c) for cid, c in _rows(s, "lmeval") if lmeval.metrics(c) is lmeval.RULER]
     lines += _table("lmeval", ["acc ± stderr", "acc_norm ± stderr", "n of available", "shots", "data",
-                               "docs sha256", "s"], _rows(s, "lmeval"),
+                               "docs sha256", "s"], [r for r in _rows(s, "lmeval") if r not in ruler],
                     _dash_unless_ok(7, lambda c: [plus_minus(c["acc"], c["acc_stderr"]),
                                                   plus_minus(c["acc_norm"], c["acc_norm_stderr"]),
                                                   f"{c['n']} of {c.get('n_available', '?')}", str(c["fewshot"]),
                                                   _data_source(c), c.get("data", {}).get("docs_sha256", "—")[:12],
+                                                  f"{c['seconds']:.1f}"]))
+    lines += _table("lmeval RULER (score: share of the gold strings a greedy answer holds, 0 shots)",
+                    ["score ± stderr", "n of available", "length", "data", "docs sha256", "s"], ruler,
+                    _dash_unless_ok(6, lambda c: [plus_minus(c["score"], c["score_stderr"]),
+                                                  f"{c['n']} of {c['n_available']}", str(c["length"]),
+                                                  _data_source(c), c["data"]["docs_sha256"][:12],
                                                   f"{c['seconds']:.1f}"]))
     lines += _table("longctx (exact-match accuracy of greedy answers)",
                     ["accuracy", "n", "by depth", "seed", "haystack sha256", "s"], _rows(s, "longctx"),
@@ -345,12 +352,13 @@ def _paired_markdown(paired, name):
         if "same_prompts" in p:
             lines.append(f"- {cid}: {name} {p['candidate']:.4f} vs baseline {p['reference']:.4f} ({longctx_verdict(p)})")
             continue
-        for m in ("acc", "acc_norm"):
+        for m in (m for m in lmeval.CHOICE.names + lmeval.RULER.names if m in p):
             q = p[m]
             lines.append(f"- {cid} {m}: {name} {q['candidate']:.4f} vs baseline {q['reference']:.4f} "
                          f"(diff {q['diff']:+.4f} over {p['n_paired']} paired items; only baseline right "
                          f"{q['only_reference_right']}, only {name} right {q['only_candidate_right']}; exact McNemar "
-                         f"p = {q['mcnemar_p']:.4f})")
+                         f"p = {q['mcnemar_p']:.4f}" + ("" if p.get("same_docs", True) else
+                                                         "; **DIFFERENT documents: not comparable**") + ")")
     return lines
 
 
