@@ -103,7 +103,10 @@ def test_the_night_on_an_hf_cache_six_jobs_at_once(slurm, tmp_path, standin_hf_h
     assert "FALLBACK" not in md and "baber/piqa (HF datasets cache" in md and "Rowan/hellaswag (HF datasets" in md
     assert (f"| test_ppl[S256] | {ppl['baseline']:.4f} | {ppl['palu']:.4f} | {ppl['palu'] / ppl['baseline']:.4f} (same "
             "windows) | Salesforce/wikitext wikitext-2-raw-v1 test (HF datasets cache") in md
-    assert re.search(r"\| test_prefill\[B1-S16\] \| \d+\.\d{3} \|", md)
+    base_sweep = next(night.glob("*-baseline-infer_sweep*"))
+    p50 = json.loads((base_sweep / "summary.json").read_text())["cells"]["test_prefill[B1-S16]"]["stats_ms"]["latency"]
+    # six jobs share two cores here: the cell may be marked host-bound after its p50, and the report says so
+    assert re.search(rf"\| test_prefill\[B1-S16\] \| {p50['p50']:.3f}( \*\*host-bound\*\*)? \|", md)
     print(f"night wall time: {wall:.0f} s")
 
 
