@@ -110,6 +110,18 @@ def compiled(fn):
     return torch.compile(fn, mode="reduce-overhead", fullgraph=True, dynamic=False)
 
 
+def inputs(b, t, rank, g):
+    """A new token's query (after RoPE), K and V latents of t positions, and the live length."""
+    q = 1.5 * torch.randn(b, HEADS, 1, HD, device=DEV, generator=g).to(DTYPE)
+    zk, zv = (torch.randn(b, 1, t, 2 * rank, device=DEV, generator=g).to(DTYPE) for _ in range(2))
+    return q, zk, zv, torch.full((1,), t, device=DEV, dtype=torch.long)
+
+
+def fused_attention(layer, shared, q, zk, zv, length, **cfg):
+    return latent_kernel.decode_attention(q, zk, zv, layer.k_up, layer.k_meta, shared.cos, shared.sin, length,
+                                          layer.scaling, layer.v_ranks, shared.sm_count, **cfg)
+
+
 def layer_rows(args, shared, ceilings):
     config = llama3_config()
     for rank in args.ranks:
@@ -119,9 +131,7 @@ def layer_rows(args, shared, ceilings):
             for t in args.lengths:
                 torch._dynamo.reset()
                 g = torch.Generator(device=DEV).manual_seed(t + b)
-                q = 1.5 * torch.randn(b, HEADS, 1, HD, device=DEV, generator=g).to(DTYPE)
-                zk, zv = (torch.randn(b, 1, t, 2 * rank, device=DEV, generator=g).to(DTYPE) for _ in range(2))
-                length = torch.full((1,), t, device=DEV, dtype=torch.long)
+                q, zk, zv, length = inputs(b, t, rank, g)
                 for x in (q, zk, zv, length):
                     torch._dynamo.mark_static_address(x)   # as a StaticCache's tensors are: no copy per replay
 
@@ -129,16 +139,14 @@ def layer_rows(args, shared, ceilings):
                     return layer._attend(q, zk, zv, None)
 
                 def fused(q=q, zk=zk, zv=zv, length=length):
-                    return latent_kernel.decode_attention(q, zk, zv, layer.k_up, layer.k_meta, shared.cos, shared.sin,
-                                                          length, layer.scaling, layer.v_ranks, shared.sm_count)
+                    return fused_attention(layer, shared, q, zk, zv, length)
                 with torch.inference_mode():
                     ref = ref_layer._attend(q.float(), zk.float(), zv.float(), None).reshape(b, -1)
                     out_u, out_f = unfused().reshape(b, -1), fused()
                     # a StaticCache's tail past the live length: garbage that must not count
                     tail = torch.cat([zk, 100 * torch.randn_like(zk[:, :, :200])], dim=2)
-                    out_tail = latent_kernel.decode_attention(
-                        q, tail, torch.cat([zv, 100 * torch.randn_like(zv[:, :, :200])], dim=2), layer.k_up,
-                        layer.k_meta, shared.cos, shared.sin, length, layer.scaling, layer.v_ranks, shared.sm_count)
+                    out_tail = fused_attention(layer, shared, q, tail,
+                                               torch.cat([zv, 100 * torch.randn_like(zv[:, :, :200])], dim=2), length)
                     del tail
                     row = {"rank": rank, "B": b, "T": t, "fused_vs_fp32": errors(out_f, ref),
                            "unfused_vs_fp32": errors(out_u, ref), "fused_vs_unfused": errors(out_f, out_u),
@@ -191,13 +199,8 @@ def once(args, shared):
     with torch.inference_mode():
         for b in args.batches:
             for t in args.lengths:
-                g = torch.Generator(device=DEV).manual_seed(0)
-                q = 1.5 * torch.randn(b, HEADS, 1, HD, device=DEV, generator=g).to(DTYPE)
-                zk, zv = (torch.randn(b, 1, t, 2 * args.ranks[0], device=DEV, generator=g).to(DTYPE)
-                          for _ in range(2))
-                length = torch.full((1,), t, device=DEV, dtype=torch.long)
-                latent_kernel.decode_attention(q, zk, zv, layer.k_up, layer.k_meta, shared.cos, shared.sin,
-                                               length, layer.scaling, layer.v_ranks, shared.sm_count)
+                q, zk, zv, length = inputs(b, t, args.ranks[0], torch.Generator(device=DEV).manual_seed(0))
+                fused_attention(layer, shared, q, zk, zv, length)
                 layer._attend(q, zk, zv, None)
                 torch.cuda.synchronize()
                 emit("once", B=b, T=t, rank=args.ranks[0])
@@ -208,10 +211,7 @@ def sweep(args, shared):
     layer = make_layer(config, args.ranks[0], shared)
     for b in args.batches:
         t = max(args.lengths)
-        g = torch.Generator(device=DEV).manual_seed(0)
-        q = 1.5 * torch.randn(b, HEADS, 1, HD, device=DEV, generator=g).to(DTYPE)
-        zk, zv = (torch.randn(b, 1, t, 2 * args.ranks[0], device=DEV, generator=g).to(DTYPE) for _ in range(2))
-        length = torch.full((1,), t, device=DEV, dtype=torch.long)
+        q, zk, zv, length = inputs(b, t, args.ranks[0], torch.Generator(device=DEV).manual_seed(0))
         with torch.inference_mode():
             ref = layer._attend(q, zk, zv, None).reshape(b, -1)
             for block_n in (32, 64, 128):
@@ -221,9 +221,7 @@ def sweep(args, shared):
                             cfg = dict(block_n=block_n, block_r=block_r, num_warps=num_warps, waves=waves)
 
                             def fused(cfg=cfg):
-                                return latent_kernel.decode_attention(
-                                    q, zk, zv, layer.k_up, layer.k_meta, shared.cos, shared.sin, length, layer.scaling,
-                                    layer.v_ranks, shared.sm_count, **cfg)
+                                return fused_attention(layer, shared, q, zk, zv, length, **cfg)
                             try:
                                 err = errors(fused(), ref)["max_rel"]
                                 emit("sweep", B=b, T=t, rank=args.ranks[0], **cfg, ms_p50=p50_ms(fused, args.iters, 5),
