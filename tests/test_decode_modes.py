@@ -2,6 +2,11 @@
 compiler toolchain, no CUDA graphs) must give eager's tokens with three graphs per grid, and
 the rooflines' byte and FLOP counts must match independent counts. CUDA-graph replays and their
 timing are measured on the GPU (docs/PERFORMANCE.md)."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -30,6 +35,7 @@ def test_compiled_decode_gives_eager_tokens_with_three_graphs_per_grid(lm):
         assert compiled["kv_bytes_per_position"] == eager["kv_bytes_per_position"] == 30 * 2 * 3 * 64 * 4
         assert compiled["kv_cache_bytes"] == 30 * 2 * 3 * 64 * 4 * batch * (ctx + 5)   # static: ctx + gen slots
         assert eager["compile"] is None and len(compiled["samples_ms"]["step"][0]) == 4
+        assert compiled["compile"]["graph_cache"] == {"hits": 0, "misses": 0}   # aot_eager has no graph cache
         graphs.append(compiled["compile"]["graphs_compiled"])
     assert graphs == [1, 1, 1, 0]   # static, then dynamic in the cache length, then in the batch; then reused
 
@@ -66,3 +72,42 @@ def test_ceilings_are_measured_on_the_device():
     assert c["copy_GBps"] > 0.5 and c["gemm_TFLOPs"] > 0.001 and c["dtype"] == "float32"
     assert c["method"] == ("median of 5: copy of 64 MiB (read + write counted), 1024x1024 @ 1024x1024 matmul in float32; "
                            "best of 5 x 20000 one-element in-place adds, host clock, one sync each")
+
+
+COMPILE_ONCE = """
+import json, torch
+from gcompress_bench import infer
+where = infer.use_compile_cache()
+torch.compile(lambda x: torch.sin(x) * 2 + 1)(torch.randn(8))
+print(json.dumps({**where, **infer._graph_cache()}))
+"""
+
+
+def _compile_once(cache_root, inductor_dir=None):
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env.update(GCOMPRESS_CACHE=str(cache_root), PYTHONPATH=str(models.REPO_ROOT / "src"))
+    if inductor_dir:
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_dir)
+    out = subprocess.run([sys.executable, "-c", COMPILE_ONCE], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_compiled_graphs_are_cached_in_the_suites_cache_unless_the_environment_chose_a_folder(tmp_path, monkeypatch):
+    """Inductor (on CPU, its C++ backend) compiles a graph into <GCOMPRESS_CACHE>/torch-compile, and a second
+    process loads it from there instead of compiling; a TORCHINDUCTOR_CACHE_DIR of the user's own is kept, and
+    torch's own /tmp default (which torch sets when dynamo is imported) is replaced."""
+    suite = tmp_path / "cache" / "torch-compile"
+    assert _compile_once(tmp_path / "cache") == {"dir": str(suite), "set_by": "suite", "hits": 0, "misses": 1}
+    assert (suite / "fxgraph").is_dir()
+    assert _compile_once(tmp_path / "cache") == {"dir": str(suite), "set_by": "suite", "hits": 1, "misses": 0}
+    own = tmp_path / "own"
+    assert _compile_once(tmp_path / "cache", own) == {"dir": str(own), "set_by": "environment", "hits": 0,
+                                                       "misses": 1}
+    assert (own / "fxgraph").is_dir()
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    monkeypatch.setattr(infer, "CACHE_ROOT", tmp_path / "cache")
+    assert infer.use_compile_cache() == {"dir": str(suite), "set_by": "suite"}
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(suite)

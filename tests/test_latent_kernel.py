@@ -3,7 +3,7 @@
 The kernel's tests run it in Triton's interpreter (CPU, numpy) in a subprocess: TRITON_INTERPRET is
 read when a kernel is defined, so it must be set before latent_kernel is imported, and must not
 leak into other tests. Whether it compiles and how fast it is on a GPU is the business of
-.gpu/latent_kernel_bench.py.
+tools/latent_kernel_bench.py.
 """
 import copy
 import json
@@ -363,3 +363,26 @@ def test_bench_floors_show_the_rebuild_costs_about_what_the_full_cache_reads():
     rows = [json.loads(line) for line in (REPO / "docs/h200/decode/latent_kernel_floors.jsonl").read_text().splitlines()]
     h200 = {(r["B"], r["T"]): r for r in rows if r["kind"] == "layer"}
     assert h200[(8, 32768)]["floor_ms"] == got["floor_ms"] and len(h200) == 6
+
+
+def test_the_kernels_defaults_are_the_h200_sweeps_fastest_at_b8():
+    """decode_attention's default block sizes, warps and waves against the sweep committed from an H200
+    (docs/h200/decode/latent_kernel_sweep.jsonl, 36 configurations at each of B1/B8 x 8k/32k): the fastest
+    at B8, within 8% of the fastest at B1, and at least 1.2x faster at B8 than the first defaults."""
+    import inspect
+    params = inspect.signature(latent_kernel.decode_attention).parameters
+    keys = ("block_n", "block_r", "num_warps", "waves")
+    default = tuple(params[k].default for k in keys)
+    rows = [json.loads(line) for line in (REPO / "docs/h200/decode/latent_kernel_sweep.jsonl").read_text().splitlines()]
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["B"], r["T"]), {})[tuple(r[k] for k in keys)] = r["ms_p50"]
+    assert sorted(cells) == [(1, 8192), (1, 32768), (8, 8192), (8, 32768)]
+    assert all(len(c) == 36 for c in cells.values())
+    for (b, t), ms in cells.items():
+        fastest = min(ms.values())
+        if b == 8:
+            assert ms[default] == fastest, (b, t)
+            assert ms[(64, 64, 8, 2)] / ms[default] > 1.2
+        else:
+            assert ms[default] <= 1.08 * fastest, (b, t)

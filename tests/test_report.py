@@ -8,7 +8,7 @@ import sys
 import pytest
 from matplotlib.image import imread
 
-from gcompress_bench import comparison, ops, plots
+from gcompress_bench import comparison, ops, plots, report
 
 from .conftest import REPO, TINY, run_cli
 
@@ -260,3 +260,21 @@ def test_a_suite_split_into_pieces_costs_their_sum(tmp_path):
         total += wall / 60
     assert len(rep["prefill"]) == 15 and len(rep["decode"]) == 12
     assert f"All columns: {total:.1f} device minutes." in md
+
+
+def test_a_warm_compile_cache_shows_as_hits_and_a_shorter_compile():
+    """Two H200 runs of the same three decode graphs (docs/h200/compile-cache), the second after the first had
+    filled inductor's cache: the summaries sum each run's per-cell hits and misses and first generations, and the
+    run summary's compile line says so; the cached graphs decode at the same p50."""
+    runs = {name: report.build_summary(REPO / "docs/h200/compile-cache" / name) for name in ("cold", "warm")}
+    for name, (hits, misses) in {"cold": (0, 3), "warm": (3, 0)}.items():
+        s, raw = runs[name], json.loads((REPO / "docs/h200/compile-cache" / name / "raw.json").read_text())
+        compiled = [c["compile"] for c in raw["cells"].values()]
+        assert s["compile"]["graph_cache"] == {"hits": hits, "misses": misses}
+        assert s["compile"]["first_generations_s"] == pytest.approx(sum(c["first_generation_s"] for c in compiled),
+                                                                     abs=1e-3)
+        assert (f"inductor's graph cache (/tmp/torchinductor_root): {hits} hits, {misses} misses"
+                in report._markdown(s))
+    assert runs["cold"]["compile"]["first_generations_s"] > 4 * runs["warm"]["compile"]["first_generations_s"]
+    for cell, c in runs["cold"]["cells"].items():
+        assert runs["warm"]["cells"][cell]["ms_per_token"] == pytest.approx(c["ms_per_token"], rel=2e-3)

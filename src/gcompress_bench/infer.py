@@ -15,6 +15,7 @@ the end of the generation. Two decode modes run the same loop:
   and are recorded, not measured.
 """
 import inspect
+import os
 import time
 from statistics import median
 
@@ -23,11 +24,30 @@ from torch._dynamo.utils import counters
 from transformers import DynamicCache, LlamaForCausalLM, StaticCache
 
 from . import energy, ops
-from .models import release_memory
+from .models import CACHE_ROOT, release_memory
 from .roofline import prefill_flops, weight_bytes
 
 # transformers renamed `past_key_values` to `cache` (deprecated from 5.2x); accept both releases.
 CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+def use_compile_cache():
+    """Point inductor's on-disk caches (compiled graphs, Triton kernels, autotuning) at the suite's
+    shared cache unless the environment chose a folder other than torch's default. That default is
+    a node-local /tmp folder, so on a cluster every night compiled every graph again; here a graph
+    compiled once on any node is loaded. Inductor writes its entries atomically, so concurrent jobs
+    may share the folder. torch sets the variable to its default when dynamo is imported, so
+    "chosen" means a value other than that default."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen and chosen != default_cache_dir():
+        return {"dir": chosen, "set_by": "environment"}
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(CACHE_ROOT / "torch-compile")
+    return {"dir": os.environ["TORCHINDUCTOR_CACHE_DIR"], "set_by": "suite"}
+
+
+def _graph_cache():
+    return {"hits": counters["inductor"]["fxgraph_cache_hit"], "misses": counters["inductor"]["fxgraph_cache_miss"]}
 
 
 def random_ids(vocab, batch, length, seed, device):
@@ -163,10 +183,11 @@ def decode(lm, clock, batch, ctx, gen, warmup, iters, trials, seed, mode="eager"
     run, fresh, decode_step = generator(lm.model, ids, gen, mode, backend, inductor)
     compile_info = None
     if mode != "eager":
-        graphs, t0 = _graphs(), time.perf_counter()
+        graphs, cached, t0 = _graphs(), _graph_cache(), time.perf_counter()
         run(clock)
         compile_info = {"backend": backend, "inductor": inductor or {},
-                        "first_generation_s": round(time.perf_counter() - t0, 3), "graphs_compiled": _graphs() - graphs}
+                        "first_generation_s": round(time.perf_counter() - t0, 3), "graphs_compiled": _graphs() - graphs,
+                        "graph_cache": {k: v - cached[k] for k, v in _graph_cache().items()}}
     t0 = time.perf_counter()
     for _ in range(warmup):
         run(clock)

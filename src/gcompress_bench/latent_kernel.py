@@ -85,13 +85,15 @@ def _pow2(n, least=16):
 
 
 def decode_attention(q, zk, zv, up, meta, cos, sin, length, scale, v_ranks, sm_count, *,
-                     block_n=64, block_r=64, waves=2, num_warps=8, num_stages=2):
+                     block_n=64, block_r=64, waves=4, num_warps=4, num_stages=2):
     """One new token's attention over the latent cache. q (b, H, 1, head_dim), after RoPE; zk
     (b, 1, T, Σ K ranks) and zv (b, 1, T, Σ V ranks), the cache (T may exceed the live length);
     up, meta from pack(); cos, sin from shared(); length: live positions, int tensor (b,) or (1,).
     Returns (b, Σ_h r_v(h)) in latent.py's layout: per query head, in head order, P_h @ zv of its
     group. `waves`: programs per SM the split aims for (split-K fills the GPU when b * KV heads
-    cannot); the block sizes and warps are the tuning knobs tools/latent_kernel_bench.py sweeps."""
+    cannot); the block sizes and warps are the tuning knobs tools/latent_kernel_bench.py sweeps.
+    The defaults are the sweep's fastest on an H200 at B8 and within 8% of it at B1
+    (docs/PERFORMANCE.md, "The fused latent kernel")."""
     b, heads, _, hd = q.shape
     kv_heads, t = up.shape[0], zk.shape[2]
     gs, n_rep, half = kv_heads // len(v_ranks), heads // kv_heads, hd // 2

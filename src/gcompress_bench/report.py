@@ -129,7 +129,11 @@ def _summary(raw, cfg, env):
         "method_facts": raw.get("method_facts", cfg.get(f"{raw['variant']}_facts")), "ceilings": env.get("ceilings"),
         "compile": {"cells": len(compiled), "graphs_compiled": sum(c["graphs_compiled"] for c in compiled),
                     "inductor": compiled[0].get("inductor", "not recorded"),
-                    "first_generations_s": round(sum(c["first_generation_s"] for c in compiled), 3)}
+                    "first_generations_s": round(sum(c["first_generation_s"] for c in compiled), 3),
+                    # run dirs written before the graph cache was counted have no such record
+                    "graph_cache": {k: sum(c["graph_cache"][k] for c in compiled) for k in ("hits", "misses")}
+                    if all("graph_cache" in c for c in compiled) else None,
+                    "cache_dir": (env.get("compile_cache") or {}).get("dir")}
                    if compiled else None,
         "cells": cells, "not_run": not_run, "decisions": decisions, "stopped": raw.get("stopped"),
         "host": host_check(cells, (env.get("ceilings") or {}).get("launches_per_s"), raw.get("launches_per_s_end"))
@@ -212,7 +216,9 @@ def _markdown(s, dims_table=None):
         k = s["compile"]
         lines.append(f"- compiled decode: {k['graphs_compiled']} graphs compiled over {k['cells']} cells; "
                      f"compilation and CUDA-graph recording took {k['first_generations_s']} s in the "
-                     f"untimed first generation of each cell; inductor settings {k['inductor']}")
+                     f"untimed first generation of each cell; inductor settings {k['inductor']}"
+                     + (f"; inductor's graph cache ({k['cache_dir']}): {k['graph_cache']['hits']} hits, "
+                        f"{k['graph_cache']['misses']} misses" if k.get("graph_cache") else ""))
     if s.get("harness"):
         lines.append(harness_line(s["harness"]))
     lines += host_lines(s.get("host"))
