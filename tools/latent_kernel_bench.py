@@ -4,7 +4,7 @@ head_dim 128, PaLU group size 4: 2 groups of 512 rows; K and V ranks 358 unalign
 
     PYTHONPATH=src python tools/latent_kernel_bench.py            # the table, then the model check
     PYTHONPATH=src python tools/latent_kernel_bench.py --sweep    # block sizes / warps / split, fused only
-    ncu -k regex:_split_kernel python tools/latent_kernel_bench.py --once --batches 8 --lengths 8192
+    PYTHONPATH=src ncu -k regex:_split_kernel python tools/latent_kernel_bench.py --once --batches 8 --lengths 8192
 
 Prints JSON lines: "env" first; one "layer" line per (ranks, B, T): errors of fused and torch path
 (bf16) against the torch path in fp32, fused vs torch path, and p50 ms over --iters CUDA-event

@@ -58,7 +58,7 @@ def compare_cells(base, cells):
                 cell[metric] = {"reference": sum(a) / len(a), "candidate": sum(b) / len(b),
                                 "diff": (sum(b) - sum(a)) / len(a), "only_reference_right": only_base,
                                 "only_candidate_right": only_other, "mcnemar_p": p}
-            if "length" in rec:   # generated documents: the same only if built alike
+            if lmeval.metrics(rec) is lmeval.RULER:   # generated documents: the same only if built alike
                 cell["same_docs"] = ref["data"]["docs_sha256"] == rec["data"]["docs_sha256"]
             out[cid] = cell
         elif rec["suite"] == "longctx":
