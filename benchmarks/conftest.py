@@ -1,11 +1,15 @@
-"""The suite's cells: parametrized from experiments/llm_suites.yaml (after option overrides), one
-suites.Cell per test, which carries its parameters to the record."""
+"""The benchmark run's plugins and its cells: every registered suite's grid, parametrized from
+experiments/llm_suites.yaml (after option overrides), one suites.Cell per test.
+
+The plugins load here, for `pytest benchmarks` runs only, not for the unit tests.
+"""
 from fixtures.bench_session import CFG_KEY
-from gcompress_bench.suites import SUITES
+
+pytest_plugins = ["fixtures.bench_session", "fixtures.cuda_timer"]
 
 
 def pytest_generate_tests(metafunc):
-    for marker, suite in SUITES.items():
-        if f"{marker}_cell" in metafunc.fixturenames:
-            cells = suite.cells(metafunc.config.stash[CFG_KEY][marker])
-            metafunc.parametrize(f"{marker}_cell", cells, ids=[c.id for c in cells])
+    suite = getattr(metafunc.function, "suite", None)
+    if suite is not None:
+        cells = suite.cells(metafunc.config.stash[CFG_KEY][suite.marker])
+        metafunc.parametrize("cell", cells, ids=[c.id for c in cells])

@@ -47,7 +47,7 @@ py=${GC_VENV:-$repo/.venv}/bin/python
 [ -x "$py" ] || py=python3
 pypath="$repo/src:$repo${PYTHONPATH:+:$PYTHONPATH}"   # the package and plug-in modules, found as in the jobs
 # The registered methods, plug-ins from GCOMPRESS_METHODS included: what the jobs' CLIs accept as --variant.
-registry=$(cd "$repo" && PYTHONPATH=$pypath "$py" -c 'from gcompress_bench import method; print(" ".join(method.load()))' 2>&1) \
+registry=$(cd "$repo" && PYTHONPATH=$pypath "$py" -c 'from gcompress_bench import methods; print(" ".join(methods.load()))' 2>&1) \
   || usage "--variants: cannot list the registered methods (GCOMPRESS_METHODS='${GCOMPRESS_METHODS:-}'): ${registry##*$'\n'}"
 read -r -a registry <<<"${registry##*$'\n'}"   # the last line: the names
 declare -A known=() seen=(); allowed=""

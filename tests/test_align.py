@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from gcompress_bench import UsageError, align, dims as dims_mod, method, models
+from gcompress_bench import UsageError, dimtable, methods, models
 from gcompress_bench.config import resolve
+from gcompress_bench.methods import align
 
 from .conftest import REPO, run_cli
 
@@ -126,7 +127,7 @@ def test_bad_policies_are_one_line(text, message):
 
 # ---------------------------------------------------------------- each policy on each method (SmolLM2, CPU)
 
-H200_TABLE = REPO / "docs/h200/alignment/dims"   # a real sweep: its lowrank and gemm curves name the fast dims
+H200_TABLE = REPO / "data/evidence/h200/alignment/dims"   # a real sweep: its lowrank and gemm curves name the fast dims
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +140,8 @@ def _apply(smol, name, policy, **opts):
     lm0, cfg = smol
     lm = copy.copy(lm0)
     lm.model = copy.deepcopy(lm0.model)
-    m = method.get(name)
-    o = {**method.options_for({**cfg, "align_policy": policy}, m), "calib_samples": 2, "calib_seq_len": 256, **opts}
+    m = methods.get(name)
+    o = {**methods.options_for({**cfg, "align_policy": policy}, m), "calib_samples": 2, "calib_seq_len": 256, **opts}
     return lm, m.apply(lm, m.plan(o, lm.spec, lm.tokenizer), o, progress=lambda line: None)
 
 
@@ -191,7 +192,7 @@ def test_each_policy_on_each_method(smol, name):
 def test_a_timing_run_refuses_a_table_from_another_device(tmp_path):
     proc = run_cli("gcompress_bench.llm_run", "--variant", "palu", "--align-policy", f"budget:{H200_TABLE}",
                    "--out", str(tmp_path), "--check-only")
-    here = dims_mod.device_name("cpu")
+    here = dimtable.device_name("cpu")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         f"gcompress-bench: dims table: a table measured on 'NVIDIA H200' is not applied on '{here}'; allowed: a "

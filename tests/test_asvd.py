@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from gcompress_bench import asvd, models
+from gcompress_bench import models
 from gcompress_bench.config import resolve
-from gcompress_bench.ppl import perplexity
+from gcompress_bench.methods import asvd
+from gcompress_bench.methods.asvd import lowrank as asvd_lowrank
+from gcompress_bench.suites.ppl import perplexity
 
 from .conftest import REPO
 
@@ -20,11 +22,11 @@ def test_factors_are_the_truncated_svd_of_the_scaled_weight(shape):
     s = torch.rand(shape[1], generator=g, dtype=torch.float64) + 0.1
     U, sig, Vt = np.linalg.svd((W * s).numpy(), full_matrices=False)
     for r in (5, 17, min(shape)):
-        B, A = asvd.factorize(W, s, r)
+        B, A = asvd_lowrank.factorize(W, s, r)
         assert (B.shape, A.shape) == ((shape[0], r), (r, shape[1]))
         want = (U[:, :r] * sig[:r]) @ Vt[:r] / s.numpy()
         np.testing.assert_allclose((B @ A).numpy(), want, atol=1e-9)
-        np.testing.assert_allclose(asvd.spectrum(W, s).numpy(), sig, rtol=1e-9)
+        np.testing.assert_allclose(asvd_lowrank.spectrum(W, s).numpy(), sig, rtol=1e-9)
     assert torch.allclose(B @ A, W, atol=1e-10)
 
 
@@ -34,13 +36,13 @@ def test_ranks_meet_the_parameter_budget_and_rounding():
                for i, (n, s) in enumerate(shapes.items())}
     total = sum(o * i for o, i in shapes.values())
     for ratio in (0.5, 0.7):
-        ranks, tau = asvd.allocate(spectra, shapes, ratio)
+        ranks, tau = asvd_lowrank.allocate(spectra, shapes, ratio)
         kept = sum(o * i if ranks[n] is None else ranks[n] * (o + i) for n, (o, i) in shapes.items())
         assert kept <= ratio * total and 0 < tau < 1
-        assert all(r is None or r < asvd.dense_above(*shapes[n]) for n, r in ranks.items())
-    ranks, _ = asvd.allocate(spectra, shapes, 0.5)
+        assert all(r is None or r < asvd_lowrank.dense_above(*shapes[n]) for n, r in ranks.items())
+    ranks, _ = asvd_lowrank.allocate(spectra, shapes, 0.5)
     assert len({r for r in ranks.values()}) > 1   # steeper spectra keep less rank: irregular
-    assert asvd.allocate(spectra, shapes, 1.0) == (dict.fromkeys(shapes), 0.0)   # nothing to save: all dense
+    assert asvd_lowrank.allocate(spectra, shapes, 1.0) == (dict.fromkeys(shapes), 0.0)   # nothing to save: all dense
 
 
 @pytest.fixture(scope="module")

@@ -88,11 +88,11 @@ def test_length_beyond_context():
     cfg = resolve({"decode_ctx": "8000", "decode_gen": "300"})
     with pytest.raises(UsageError, match=r"^--decode-ctx \+ --decode-gen 8300 is longer than the model's context "
                                          r"of 8192 tokens; allowed: at most 8192$"):
-        check_lengths(cfg, 8192, ["infer_sweep"])
+        check_lengths(cfg, 8192, ["prefill", "decode"])
 
 
 def test_synthetic_models_time_any_length():
     cfg = resolve({"decode_ctx": "32768", "decode_gen": "64"})
-    assert check_lengths(cfg, 8192, ["infer_sweep"], synthetic=True) is None
+    assert check_lengths(cfg, 8192, ["prefill", "decode"], synthetic=True) is None
     with pytest.raises(UsageError, match=r"^--decode-ctx \+ --decode-gen 32832 is longer"):
-        check_lengths(cfg, 8192, ["infer_sweep"])
+        check_lengths(cfg, 8192, ["prefill", "decode"])

@@ -12,9 +12,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM
 
-from gcompress_bench import infer, models, roofline
+from gcompress_bench import models
 from gcompress_bench.config import resolve
-from gcompress_bench.timing import Clock
+from gcompress_bench.measure import roofline
+from gcompress_bench.measure.timing import Clock
+from gcompress_bench.suites import infer
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +44,14 @@ def test_compiled_decode_gives_eager_tokens_with_three_graphs_per_grid(lm):
 
 def test_decode_weight_bytes_skip_an_untied_input_embedding(lm):
     # SmolLM2 ties its embedding: lm_head reads it, so a step reads every parameter, counted once
-    assert roofline.weight_bytes(lm.model, decode_step=True) == roofline.weight_bytes(lm.model) == 134_515_008 * 4
+    assert models.weight_bytes(lm.model, decode_step=True) == models.weight_bytes(lm.model) == 134_515_008 * 4
     cfg = models._config_from_file(models.REPO_ROOT / "data/models/llama3-8b-instruct.config.json")
     cfg.num_hidden_layers = 1
     with torch.device("meta"):
         untied = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     layer = 4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336 + 2 * 4096
-    assert roofline.weight_bytes(untied, decode_step=True) == 2 * (layer + 4096 + 128256 * 4096)
-    assert roofline.weight_bytes(untied) == 2 * (layer + 4096 + 2 * 128256 * 4096)
+    assert models.weight_bytes(untied, decode_step=True) == 2 * (layer + 4096 + 128256 * 4096)
+    assert models.weight_bytes(untied) == 2 * (layer + 4096 + 2 * 128256 * 4096)
 
 
 def test_prefill_flops_match_torch_flop_counter(lm):
@@ -76,7 +78,7 @@ def test_ceilings_are_measured_on_the_device():
 
 COMPILE_ONCE = """
 import json, torch
-from gcompress_bench import infer
+from gcompress_bench.suites import infer
 where = infer.use_compile_cache()
 torch.compile(lambda x: torch.sin(x) * 2 + 1)(torch.randn(8))
 print(json.dumps({**where, **infer._graph_cache()}))

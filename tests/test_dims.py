@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from gcompress_bench import UsageError, dims, report
+from gcompress_bench import UsageError, dimtable
 from gcompress_bench.config import SUITES_FILE, resolve
-from gcompress_bench.stats import describe
-from gcompress_bench.suites import SUITES, jobs
+from gcompress_bench.results.stats import describe
+from gcompress_bench.suites import SUITES, dims, jobs
 
 from .conftest import REPO
 
@@ -29,24 +29,24 @@ def test_cliffs_are_neighbours_more_than_the_threshold_apart():
     pts = [_pt(30, 1.0, ["a"]), _pt(31, 1.05, ["a"]), _pt(32, 1.5, ["b"]), _pt(33, 1.48, ["b"]), _pt(34, 1.0, ["a"])]
     # 30->31 is 5% and 32->33 is 1.4%; 31->32 rises 1.5/1.05 = 1.4286x; 33->34 falls to 1/1.48 = 0.6757x, which
     # is 48% measured against the faster side, so a step down counts as the same step up would
-    assert dims.cliffs(pts) == [
+    assert dimtable.cliffs(pts) == [
         {"from": 31, "to": 32, "ratio": pytest.approx(1.5 / 1.05), "kernels_from": ["a"], "kernels_to": ["b"]},
         {"from": 33, "to": 34, "ratio": pytest.approx(1 / 1.48), "kernels_from": ["b"], "kernels_to": ["a"]}]
-    assert [c["from"] for c in dims.cliffs(pts, threshold=0.45)] == [33]      # 0.4286 < 0.45 < 0.48
-    assert dims.cliffs(pts, threshold=0.5) == [] and dims.cliffs(pts[:1]) == []
-    assert [dims.alignment(v) for v in (358, 360, 352, 384, 336, 7)] == [None, 8, 32, 64, 16, None]
+    assert [c["from"] for c in dimtable.cliffs(pts, threshold=0.45)] == [33]      # 0.4286 < 0.45 < 0.48
+    assert dimtable.cliffs(pts, threshold=0.5) == [] and dimtable.cliffs(pts[:1]) == []
+    assert [dimtable.alignment(v) for v in (358, 360, 352, 384, 336, 7)] == [None, 8, 32, 64, 16, None]
 
 
 def test_a_summary_names_kernels_by_what_tells_them_apart():
     cutlass = ("void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm_bf16_128x256_64x3_tn_align2>"
                "(cutlass_80_tensorop_bf16_s16816gemm_bf16_128x256_64x3_tn_align2::Params)")
-    assert report._kernel_short(cutlass) == "cutlass_80_tensorop_bf16_s16816gemm_bf16_128x256_64x3_tn_align2"
-    assert report._kernel_short("aten::mm") == "aten::mm"
+    assert dims.kernel_short(cutlass) == "cutlass_80_tensorop_bf16_s16816gemm_bf16_128x256_64x3_tn_align2"
+    assert dims.kernel_short("aten::mm") == "aten::mm"
     nvjet = "nvjet_sm90_tst_64x16_64x16_4x1_v_bz_TNT"
     cliff = {"kernels_from": [cutlass, "aten::mm"], "kernels_to": ["aten::mm", nvjet]}
-    assert report._kernel_change(cliff) == ("kernels dropped: cutlass_80_tensorop_bf16_s16816gemm_bf16_128x256_64x3_"
+    assert dims.kernel_change(cliff) == ("kernels dropped: cutlass_80_tensorop_bf16_s16816gemm_bf16_128x256_64x3_"
                                             "tn_align2; added: nvjet_sm90_tst_64x16_64x16_4x1_v_bz_TNT")
-    assert report._kernel_change({"kernels_from": ["a", "b"], "kernels_to": ["b", "a"]}) == "same kernels"
+    assert dims.kernel_change({"kernels_from": ["a", "b"], "kernels_to": ["b", "a"]}) == "same kernels"
 
 
 def test_ids_params_and_the_models_shapes():
@@ -130,26 +130,26 @@ def test_a_table_loads_from_its_run_dir_and_refuses_bad_files(tmp_path):
     good = {"device_name": "NVIDIA H200", "dtype": "bfloat16", "model": "m", "run_id": "r",
             "series": [{"op": "lowrank", "sweep": "r", "shape": {"d_in": 4096, "d_out": 1024}, "M": 2048,
                         "points": [_pt(358, 0.05, ["k"])]}]}
-    (tmp_path / dims.TABLE_FILE).write_text(json.dumps(good))
-    assert dims.load_table(tmp_path) == dims.load_table(tmp_path / dims.TABLE_FILE) == good
-    expected = (f"allowed: a {dims.TABLE_FILE} written by a `-m dims` run (device_name, dtype, and series of op, "
+    (tmp_path / dimtable.TABLE_FILE).write_text(json.dumps(good))
+    assert dimtable.load_table(tmp_path) == dimtable.load_table(tmp_path / dimtable.TABLE_FILE) == good
+    expected = (f"allowed: a {dimtable.TABLE_FILE} written by a `-m dims` run (device_name, dtype, and series of op, "
                 "sweep, shape and points of value and p50_ms), or the run dir that holds it")
     with pytest.raises(UsageError) as e:
-        dims.load_table(tmp_path / "nothing")
+        dimtable.load_table(tmp_path / "nothing")
     assert str(e.value) == f"{tmp_path / 'nothing'}: missing; {expected}"
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     with pytest.raises(UsageError) as e:
-        dims.load_table(bad)
+        dimtable.load_table(bad)
     assert str(e.value) == f"{bad}: not readable JSON (JSONDecodeError); {expected}"
     bad.write_text(json.dumps({**good, "series": [{**good["series"][0], "points": [{"value": "358", "p50_ms": 1}]}]}))
     with pytest.raises(UsageError) as e:
-        dims.load_table(bad)
+        dimtable.load_table(bad)
     assert str(e.value) == f"{bad}: malformed; {expected}"
     with pytest.raises(UsageError) as e:
-        dims.check_device(good, "cpu")
+        dimtable.check_device(good, "cpu")
     assert str(e.value) == ("dims table: a table measured on 'NVIDIA H200' is not applied on "
-                            f"{dims.device_name('cpu')!r}; allowed: a table measured on this device")
+                            f"{dimtable.device_name('cpu')!r}; allowed: a table measured on this device")
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +192,7 @@ def test_quick_dims_run_records_every_cell_and_its_table(quick_dims_run):
         derived = summary["cells"][cid]
         assert derived["TFLOPs"] == pytest.approx(rec["flops"] / (st["p50"] / 1e3) / 1e12)
         assert derived["GBps"] == pytest.approx(rec["bytes"] / (st["p50"] / 1e3) / 1e9)
-    table = dims.load_table(run)
+    table = dimtable.load_table(run)
     assert (table["device_name"], table["dtype"], table["model"], table["run_id"]) == (
         here, "float32", "smollm2-135m", "dims-e2e")
     assert [(s["op"], s.get("M"), s["shape"]) for s in table["series"]] == [
@@ -203,9 +203,9 @@ def test_quick_dims_run_records_every_cell_and_its_table(quick_dims_run):
     assert sorted(points) == sorted((c["op"], c["value"], summary["cells"][cid]["stats_ms"]["latency"]["p50"],
                                      c["kernels"]) for cid, c in cells.items())
     assert [pt["value"] for pt in table["series"][4]["points"]] == [14, 15, 16, 17, 18]
-    dims.check_device(table, "cpu")
+    dimtable.check_device(table, "cpu")
     with pytest.raises(UsageError, match="a table measured on 'NVIDIA H200' is not applied on"):
-        dims.check_device({**table, "device_name": "NVIDIA H200"}, "cpu")
+        dimtable.check_device({**table, "device_name": "NVIDIA H200"}, "cpu")
     md = (run / "run_summary.md").read_text()
     first = table["series"][0]["points"][4]   # r = 32
     assert "### lowrank over r (d_in=64, d_out=32; M=1)" in md

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from gcompress_bench import energy
+from gcompress_bench.measure import energy
 
 
 class Counter(energy.Meter):
@@ -102,12 +102,12 @@ def test_span_waits_for_the_counter_to_move_and_takes_off_the_idle_tail(monkeypa
 
 
 def test_h200_runs_report_energy_per_token_and_its_ratio(tmp_path):
-    """The seed grid as measured on an H200 (docs/h200/decode/seed-*): the comparison's energy table holds each
+    """The seed grid as measured on an H200 (data/evidence/h200/decode/seed-*): the comparison's energy table holds each
     variant's J/token and the ratio, recomputed here from the raw spans and prompt probes."""
-    from gcompress_bench import comparison
+    from gcompress_bench.results import comparison
 
     from .conftest import REPO
-    base, palu = (REPO / "docs/h200/decode" / r for r in ("seed-base", "seed-palu"))
+    base, palu = (REPO / "data/evidence/h200/decode" / r for r in ("seed-base", "seed-palu"))
     rep = comparison.write([base], {"palu": [palu]}, tmp_path)
     md = (tmp_path / "report.md").read_text()
     raw = {r: json.loads((d / "raw.json").read_text())["cells"] for r, d in (("base", base), ("palu", palu))}

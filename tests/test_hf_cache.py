@@ -31,7 +31,7 @@ def test_the_real_clients_filled_the_cache_with_the_datasets_lm_eval_reads(stand
     got = offline_python(standin_hf_home, """
 import json
 from datasets import load_dataset
-from gcompress_bench import lmeval
+from gcompress_bench.suites import lmeval
 out = {}
 for path, name in [("Salesforce/wikitext", "wikitext-2-raw-v1"), lmeval.builtin_dataset("piqa"),
                    lmeval.builtin_dataset("hellaswag")]:

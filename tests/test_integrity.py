@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gcompress_bench import cache, config, method, models, palu
+from gcompress_bench import cache, config, methods, models
+from gcompress_bench.methods.palu import factors as palu_factors
 
 from .conftest import REPO, TINY, run_cli
 
@@ -83,7 +84,7 @@ def test_broken_factors_stop_the_run_before_any_cell(smol_spec, tmp_path):
     top-1 agreement collapses far below what any measured compression at that ratio keeps."""
     dump = tmp_path / "SmolLM2-135M-Instruct_ratio-0.7_gs-3-fisher_uniform-whiten"
     dump.mkdir()
-    ranks = {m: [128] for m in palu.module_paths(smol_spec.config)}
+    ranks = {m: [128] for m in palu_factors.module_paths(smol_spec.config)}
     (dump / "config.json").write_text(json.dumps({"model_type": "palullama", "head_wise_ranks": ranks,
                                                   "original_model_name_or_path": HF_ID}))
     g = torch.Generator().manual_seed(0)
@@ -159,7 +160,8 @@ def test_a_truncated_model_cache_is_found_and_rebuilt(smol_spec, tmp_path):
 
 CREATE = """
 import sys, time
-from gcompress_bench import UsageError, results
+from gcompress_bench import UsageError
+from gcompress_bench.results import store as results
 root, start = sys.argv[1], float(sys.argv[2])
 for k in range(20):
     while time.time() < start + 0.25 * k:   # every process asks for run id k at the same instant
@@ -195,7 +197,7 @@ def bad_files(tmp_path_factory, smol_spec, standin_hf_home):
     shutil.copy(os.path.join(smol_spec.path, "config.json"), truncated)
     save_file({"w": torch.zeros(1000)}, truncated / "model.safetensors")
     os.truncate(truncated / "model.safetensors", 2000)
-    ranks = palu.uniform_ranks(smol_spec.config, 0.7, 3)
+    ranks = palu_factors.uniform_ranks(smol_spec.config, 0.7, 3)
     for name, value in (("true", True), ("float", 128.0)):
         (d / f"ranks_{name}.json").write_text(json.dumps({**ranks, "model.layers.0.self_attn.k_proj": [value]}))
     for name, text in (("invalid", "task: [unclosed\n"), ("no_task", "dataset_path: json\noutput_type: loglikelihood\n"),
@@ -290,8 +292,8 @@ def bad_cases(d):
                                                           "bool"),
     ]
     cases = [(cli, args, line) for cli, args, line in named]
-    methods = method.load().values()
-    choices = {f"--{m.name}-{o.key.replace('_', '-')}" for m in methods for o in m.options if o.choices}
+    registered = methods.load().values()
+    choices = {f"--{m.name}-{o.key.replace('_', '-')}" for m in registered for o in m.options if o.choices}
     for flag, _, kind, _ in config.options():
         values = {"int": ["x", "1.5"], "float": ["x", "nan"], "ints": ["1,x", "-4", "2,2"], "strs": [","],
                   "floats": ["x", "0.5,0.5", "2"],

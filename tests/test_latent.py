@@ -4,9 +4,14 @@ import copy
 import pytest
 import torch
 
-from gcompress_bench import UsageError, infer, latent, method, models, palu
+from gcompress_bench import UsageError, methods, models
 from gcompress_bench.config import resolve
-from gcompress_bench.timing import Clock
+from gcompress_bench.measure import layout
+from gcompress_bench.measure.timing import Clock
+from gcompress_bench.methods import palu
+from gcompress_bench.methods.palu import factors as palu_factors
+from gcompress_bench.methods.palu import latent
+from gcompress_bench.suites import infer
 
 from .conftest import REPO
 
@@ -16,8 +21,8 @@ pytestmark = pytest.mark.slow
 def _compressed(dtype, **kw):
     cfg = resolve({})
     lm = models.load(models.resolve("smollm2-135m", cfg["models"]), dtype, torch.device("cpu"))
-    p = {**method.options_for(cfg, palu.Palu()), "calib_samples": 4, "calib_seq_len": 256, **kw}
-    facts = palu.compress(lm, palu.Palu().plan(p, lm.spec, lm.tokenizer), p)
+    p = {**methods.options_for(cfg, palu.Palu()), "calib_samples": 4, "calib_seq_len": 256, **kw}
+    facts = palu_factors.compress(lm, palu.Palu().plan(p, lm.spec, lm.tokenizer), p)
     lat = copy.copy(lm)
     lat.model = copy.deepcopy(lm.model)
     latent.enable(lat)
@@ -60,7 +65,7 @@ def test_grouped_decode_attention_is_sdpa_over_repeated_heads(mask_kind):
     for v in (torch.randn(2, 4, 37, 64, generator=g), torch.randn(2, 1, 37, 48, generator=g)):
         ref = torch.nn.functional.scaled_dot_product_attention(
             q, repeat_kv(k, 4), repeat_kv(v, 16 // v.shape[1]), attn_mask=mask, scale=0.125)[:, :, 0]
-        out = latent.grouped_decode_attention(q, k, v, mask, 0.125)
+        out = layout.grouped_decode_attention(q, k, v, mask, 0.125)
         assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
 
 

@@ -19,8 +19,10 @@ from torch.nn import functional as F
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, StaticCache
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
 
-from gcompress_bench import UsageError, latent, latent_kernel
-from gcompress_bench.palu import PaluLinear
+from gcompress_bench import UsageError
+from gcompress_bench.measure import layout
+from gcompress_bench.methods.palu import latent, latent_kernel
+from gcompress_bench.methods.palu.factors import PaluLinear
 
 from .conftest import REPO
 
@@ -272,7 +274,7 @@ def _todays_forward(m, hidden_states, position_embeddings=None, attention_mask=N
         heads = slice(g * m.gs * m.n_rep, (g + 1) * m.gs * m.n_rep)
         kg = k[:, g * m.gs:(g + 1) * m.gs]
         if t == 1:
-            outs.append(latent.grouped_decode_attention(q[:, heads], kg, zvg, mask, m.scaling).unsqueeze(2))
+            outs.append(layout.grouped_decode_attention(q[:, heads], kg, zvg, mask, m.scaling).unsqueeze(2))
         else:
             kg = kg.repeat_interleave(m.n_rep, dim=1)
             outs.append(F.scaled_dot_product_attention(q[:, heads], kg, zvg.expand(-1, kg.shape[1], -1, -1),
@@ -360,20 +362,20 @@ def test_bench_floors_show_the_rebuild_costs_about_what_the_full_cache_reads():
     assert got["floor_ms"]["latent_rebuild"] == pytest.approx(rebuild_ms, abs=1e-4)
     assert 1.07 < full_ms / max(rebuild_ms, positions * 2816 / 4240.4e9 * 1e3) < 1.08
     assert got["achieved"]["fused_rebuild_TFLOPs"] == pytest.approx(positions * 720_896 / 4.174e-3 / 1e12, abs=0.1)
-    rows = [json.loads(line) for line in (REPO / "docs/h200/decode/latent_kernel_floors.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (REPO / "data/evidence/h200/decode/latent_kernel_floors.jsonl").read_text().splitlines()]
     h200 = {(r["B"], r["T"]): r for r in rows if r["kind"] == "layer"}
     assert h200[(8, 32768)]["floor_ms"] == got["floor_ms"] and len(h200) == 6
 
 
 def test_the_kernels_defaults_are_the_h200_sweeps_fastest_at_b8():
     """decode_attention's default block sizes, warps and waves against the sweep committed from an H200
-    (docs/h200/decode/latent_kernel_sweep.jsonl, 36 configurations at each of B1/B8 x 8k/32k): the fastest
+    (data/evidence/h200/decode/latent_kernel_sweep.jsonl, 36 configurations at each of B1/B8 x 8k/32k): the fastest
     at B8, within 8% of the fastest at B1, and at least 1.2x faster at B8 than the first defaults."""
     import inspect
     params = inspect.signature(latent_kernel.decode_attention).parameters
     keys = ("block_n", "block_r", "num_warps", "waves")
     default = tuple(params[k].default for k in keys)
-    rows = [json.loads(line) for line in (REPO / "docs/h200/decode/latent_kernel_sweep.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (REPO / "data/evidence/h200/decode/latent_kernel_sweep.jsonl").read_text().splitlines()]
     cells = {}
     for r in rows:
         cells.setdefault((r["B"], r["T"]), {})[tuple(r[k] for k in keys)] = r["ms_p50"]

@@ -5,11 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from gcompress_bench import UsageError, infer, layout, models, roofline
-from gcompress_bench.asvd import LowRankLinear
+from gcompress_bench import UsageError, models
 from gcompress_bench.config import resolve
-from gcompress_bench.palu import GroupUp
-from gcompress_bench.timing import Clock
+from gcompress_bench.measure import layout
+from gcompress_bench.measure.timing import Clock
+from gcompress_bench.methods.asvd.lowrank import LowRankLinear
+from gcompress_bench.methods.palu.factors import GroupUp
+from gcompress_bench.suites import infer
 
 from .test_latent import _compressed, lockstep
 
@@ -39,7 +41,7 @@ def test_fused_layout_is_the_same_model(built, name):
     if name == "palu-gs1":
         k_up = fu.model.layers[0].self_attn.qkv.rest1
         assert isinstance(k_up, GroupUp) and tuple(k_up.weight.shape) == (3, 64, 32)   # rank 44 of 64, rounded to 32
-    assert roofline.weight_bytes(fu) == roofline.weight_bytes(hf)
+    assert models.weight_bytes(fu) == models.weight_bytes(hf)
     assert all(isinstance(m, layout.Fused) for layer in fu.model.layers for m in (layer.mlp.gate_up,
                getattr(layer.self_attn, "qkv")))
     errs, same, _, _ = lockstep(hf, fu, infer.random_ids(49152, 2, 20, 1, "cpu"), 8)
@@ -69,7 +71,7 @@ def test_two_stage_projections_fuse_their_first_stages(built):
     fu = fused(hf)
     assert fu.model.layers[0].self_attn.qkv.splits == [576, 192, 192]
     assert fu.model.layers[0].mlp.gate_up.rest1.weight.shape == (1536, 1536)   # B, kept
-    assert roofline.weight_bytes(fu) == roofline.weight_bytes(hf)   # A's weight lives on only in the stacked GEMM
+    assert models.weight_bytes(fu) == models.weight_bytes(hf)   # A's weight lives on only in the stacked GEMM
     errs, same, _, _ = lockstep(hf, fu, infer.random_ids(49152, 1, 12, 2, "cpu"), 4)
     assert max(errs) <= 1e-5 and all(same)
 

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from gcompress_bench import UsageError, longctx, models, plots
+from gcompress_bench import UsageError, models
 from gcompress_bench.config import resolve
+from gcompress_bench.results import plots
+from gcompress_bench.suites import longctx
 
 TASKS = longctx.load_tasks()
 
@@ -223,7 +225,7 @@ def test_longctx_suite_baseline_against_palu_latent_end_to_end(tmp_path):
     scores recomputed from the outputs, per-depth accuracy, McNemar against scipy, heatmaps and the report."""
     from scipy.stats import binomtest
 
-    from gcompress_bench.results import read_json
+    from gcompress_bench.results.store import read_json
 
     from .conftest import run_cli
     root = tmp_path / "results"

@@ -2,9 +2,11 @@
 import pytest
 import torch
 
-from gcompress_bench import infer, models, ops
+from gcompress_bench import models
 from gcompress_bench.config import resolve
-from gcompress_bench.timing import Clock
+from gcompress_bench.measure import ops
+from gcompress_bench.measure.timing import Clock
+from gcompress_bench.suites import infer
 
 from .conftest import REPO
 

@@ -6,9 +6,11 @@ import re
 import pytest
 import torch
 
-from gcompress_bench import UsageError, align, calibration, method, models, palu
+from gcompress_bench import UsageError, methods, models
 from gcompress_bench.config import resolve
-from gcompress_bench.ppl import perplexity
+from gcompress_bench.methods import align, calibration, palu
+from gcompress_bench.methods.palu import factors as palu_factors
+from gcompress_bench.suites.ppl import perplexity
 
 from .conftest import REPO
 
@@ -18,7 +20,7 @@ LLAMA3 = models._config_from_file(REPO / "data/models/llama3-8b-instruct.config.
 def pcfg(**kw):
     cfg = resolve({})
     opts = {**cfg["palu"], **kw}
-    return {**method.options_for({**cfg, "palu": opts}, palu.Palu()), "calib_samples": 4, "calib_seq_len": 256, **kw}
+    return {**methods.options_for({**cfg, "palu": opts}, palu.Palu()), "calib_samples": 4, "calib_seq_len": 256, **kw}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def compressed(smol, **kw):
     lm = copy.copy(smol)
     lm.model = copy.deepcopy(smol.model)
     p = pcfg(**kw)
-    return lm, palu.compress(lm, palu.Palu().plan(p, lm.spec, lm.tokenizer), p)
+    return lm, palu_factors.compress(lm, palu.Palu().plan(p, lm.spec, lm.tokenizer), p)
 
 
 def logits(model, ids):
@@ -44,14 +46,14 @@ PROBE = torch.randint(0, 49152, (2, 48), generator=torch.Generator().manual_seed
 
 
 def test_uniform_ranks_then_palu_rounding_as_the_default_policy():
-    r = palu.uniform_ranks(LLAMA3, 0.7, 4)
+    r = palu_factors.uniform_ranks(LLAMA3, 0.7, 4)
     assert len(r) == 64 and set(map(tuple, r.values())) == {(358, 358)}   # 0.7 * 512 = 358.4
     assert palu.Palu().default_align({"ranks": None}) == "round:32" and palu.Palu().default_align({"ranks": "f"}) == "none"
     assert [align.rounded(358, 32, 512), align.rounded(round(0.05 * 512), 32, 512), align.rounded(90, 32, 128)] == \
         [352, 32, 96]   # PaLU's rule: 358.4 -> 352, at least one multiple, 89.6 -> 96
-    assert palu.uniform_ranks(LLAMA3, 1.0, 8)["model.layers.0.self_attn.v_proj"] == [1024]
-    assert palu.uniform_ranks(LLAMA3, 0.7, 1)["model.layers.0.self_attn.k_proj"] == [90] * 8
-    facts = palu.summarize_ranks({k: {"logical": v, "kept": [352, 352], "physical": [352, 352]}
+    assert palu_factors.uniform_ranks(LLAMA3, 1.0, 8)["model.layers.0.self_attn.v_proj"] == [1024]
+    assert palu_factors.uniform_ranks(LLAMA3, 0.7, 1)["model.layers.0.self_attn.k_proj"] == [90] * 8
+    facts = palu_factors.summarize_ranks({k: {"logical": v, "kept": [352, 352], "physical": [352, 352]}
                                   for k, v in r.items()}, LLAMA3, 4, 128)
     assert facts["kv_compression_logical"] == pytest.approx(1 - 352 / 512)
     assert facts["aligned_share"] == {"8": 1.0, "16": 1.0, "32": 1.0, "64": 0.0}
@@ -63,7 +65,7 @@ def test_uniform_ranks_then_palu_rounding_as_the_default_policy():
 ])
 def test_group_size_must_divide_heads(smol, gs, message):
     with pytest.raises(UsageError) as e:
-        palu.allocate(pcfg(group_size=gs), smol.spec.config, "smollm2-135m", "x")
+        palu_factors.allocate(pcfg(group_size=gs), smol.spec.config, "smollm2-135m", "x")
     assert str(e.value) == message
 
 
@@ -75,10 +77,10 @@ def _rank_file(tmp_path, ranks, name="ranks.json", dumped=True):
 
 
 def test_rank_files_palu_dump_and_plain(tmp_path):
-    ranks = {p: [32 + i, 512 - i] for i, p in enumerate(palu.module_paths(LLAMA3))}
+    ranks = {p: [32 + i, 512 - i] for i, p in enumerate(palu_factors.module_paths(LLAMA3))}
     for dumped in (True, False):
         path = _rank_file(tmp_path, ranks, f"{dumped}.json", dumped)
-        got, info = palu.allocate(pcfg(ranks=str(path), group_size=4), LLAMA3, "m", "m")
+        got, info = palu_factors.allocate(pcfg(ranks=str(path), group_size=4), LLAMA3, "m", "m")
         assert got == ranks and info == {"source": "rank_file", "path": str(path)}
 
 
@@ -89,22 +91,22 @@ def test_rank_files_palu_dump_and_plain(tmp_path):
     (lambda r: r.__setitem__("model.layers.2.self_attn.k_proj", [0]), "rank 0 is not allowed; allowed: integers 1..192"),
 ])
 def test_malformed_rank_files(smol, tmp_path, mutate, message):
-    ranks = palu.uniform_ranks(smol.spec.config, 0.7, 3)
+    ranks = palu_factors.uniform_ranks(smol.spec.config, 0.7, 3)
     mutate(ranks)
     with pytest.raises(UsageError, match=r"^--palu-ranks: .*" + re.escape(message)):
-        palu.allocate(pcfg(ranks=str(_rank_file(tmp_path, ranks))), smol.spec.config, "smollm2-135m", "x")
+        palu_factors.allocate(pcfg(ranks=str(_rank_file(tmp_path, ranks))), smol.spec.config, "smollm2-135m", "x")
 
 
 def test_missing_and_broken_rank_file(smol, tmp_path):
     with pytest.raises(UsageError, match=r"^--palu-ranks: rank file .*/nope.json does not exist$"):
-        palu.allocate(pcfg(ranks=str(tmp_path / "nope.json")), smol.spec.config, "smollm2-135m", "x")
+        palu_factors.allocate(pcfg(ranks=str(tmp_path / "nope.json")), smol.spec.config, "smollm2-135m", "x")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(UsageError, match=r"^--palu-ranks: .*/bad.json is not valid JSON"):
-        palu.allocate(pcfg(ranks=str(tmp_path / "bad.json")), smol.spec.config, "smollm2-135m", "x")
+        palu_factors.allocate(pcfg(ranks=str(tmp_path / "bad.json")), smol.spec.config, "smollm2-135m", "x")
 
 
 def test_ratio_dir_resolver_picks_the_match_and_records_candidates(tmp_path):
-    ranks = palu.uniform_ranks(LLAMA3, 0.7, 4)
+    ranks = palu_factors.uniform_ranks(LLAMA3, 0.7, 4)
     tree = tmp_path / "palu" / "outputs"
     names = ["Meta-Llama-3-8B-Instruct_ratio-0.5_gs-4-fisher_uniform-whiten",
              "Meta-Llama-3-8B-Instruct_ratio-0.7_gs-1-fisher_uniform-whiten",
@@ -113,12 +115,12 @@ def test_ratio_dir_resolver_picks_the_match_and_records_candidates(tmp_path):
              "Mistral-7B-Instruct-v0.2_ratio-0.7_gs-4-fisher_uniform-whiten"]
     for n in names:
         _rank_file(tree / n, ranks, "config.json")
-    got, info = palu.allocate(pcfg(ranks=str(tmp_path / "palu"), group_size=4), LLAMA3, "llama3-8b-shape",
+    got, info = palu_factors.allocate(pcfg(ranks=str(tmp_path / "palu"), group_size=4), LLAMA3, "llama3-8b-shape",
                               "Meta-Llama-3-8B-Instruct")
     assert info["chosen"].endswith(names[3]) and len(info["candidates"]) == 5 and got == ranks
     with pytest.raises(UsageError, match=r"no PaLU output under .* matches model Meta-Llama-3-8B-Instruct, "
                                          r"ratio 0.6, gs 4; found: .*ratio-0.5_gs-4"):
-        palu.allocate(pcfg(ranks=str(tmp_path / "palu"), ratio=0.6, group_size=4), LLAMA3, "m",
+        palu_factors.allocate(pcfg(ranks=str(tmp_path / "palu"), ratio=0.6, group_size=4), LLAMA3, "m",
                       "Meta-Llama-3-8B-Instruct")
 
 
@@ -147,14 +149,14 @@ def test_alignment_padding_changes_shapes_not_logits(smol):
 @pytest.mark.slow
 def test_whitened_beats_plain_on_activation_weighted_error(smol):
     ids, _ = calibration.windows(smol.tokenizer, smol.spec.config, pcfg(), "palu")
-    grams = palu.gram_matrices(smol, ids)
+    grams = palu_factors.gram_matrices(smol, ids)
     for i in (0, 10, 29):
-        S, _ = palu.cholesky_factor(grams[i])
+        S, _ = palu_factors.cholesky_factor(grams[i])
         W = smol.model.model.layers[i].self_attn.k_proj.weight.double()
         errs = {}
         for mode, s in (("whiten", S), ("plain", None)):
-            B, A = palu.factorize(W, 128, s)
-            errs[mode] = palu.activation_error(W, B @ A, S)
+            B, A = palu_factors.factorize(W, 128, s)
+            errs[mode] = palu_factors.activation_error(W, B @ A, S)
         assert errs["whiten"] < errs["plain"], (i, errs)
 
 
@@ -195,7 +197,7 @@ def palu_dump(smol, tmp_path_factory):
 @pytest.mark.slow
 def test_a_palu_dump_loads_its_own_factors(smol, palu_dump):
     folder, want = palu_dump
-    assert palu.dump_weight_files(folder) == [folder / "model.safetensors"]
+    assert palu_factors.dump_weight_files(folder) == [folder / "model.safetensors"]
     lm, facts = compressed(smol, ratio=0.5, ranks=str(folder))
     assert facts["factors"] == f"loaded from {folder}" and facts["calibration"] is None
     assert facts["rank_info"]["factors_from"] == {"dir": str(folder), "files": ["model.safetensors"]}
@@ -223,7 +225,7 @@ def test_a_dump_that_disagrees_is_refused_naming_what(smol, palu_dump, tmp_path)
     tensors[name] = tensors[name][:95].clone()
     save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(UsageError) as e:
-        palu.allocate(pcfg(ratio=0.5, ranks=str(bad)), smol.spec.config, "smollm2-135m", "SmolLM2-135M-Instruct")
+        palu_factors.allocate(pcfg(ratio=0.5, ranks=str(bad)), smol.spec.config, "smollm2-135m", "SmolLM2-135M-Instruct")
     assert str(e.value) == (f"--palu-ranks: {bad}: {name} has shape [95, 576]; allowed: [96, 576] (ranks [96] of its "
                             "config, hidden 576, group size 3 x head_dim 64) - the dump disagrees with its ranks or "
                             "the model")
@@ -233,9 +235,9 @@ def test_a_dump_that_disagrees_is_refused_naming_what(smol, palu_dump, tmp_path)
     (other / "config.json").write_text(json.dumps({**cfg, "original_model_name_or_path": "meta-llama/Llama-2-7b-hf"}))
     with pytest.raises(UsageError, match=r"^--palu-ranks: .*/other was made from 'meta-llama/Llama-2-7b-hf' "
                                          r"\(original_model_name_or_path\), not from SmolLM2-135M-Instruct; allowed"):
-        palu.allocate(pcfg(ratio=0.5, ranks=str(other)), smol.spec.config, "smollm2-135m", "SmolLM2-135M-Instruct")
+        palu_factors.allocate(pcfg(ratio=0.5, ranks=str(other)), smol.spec.config, "smollm2-135m", "SmolLM2-135M-Instruct")
     # recomputing needs only the ranks, so the same dirs are accepted with --palu-factors recompute
-    ranks, info = palu.allocate(pcfg(ratio=0.5, ranks=str(bad), factors="recompute"), smol.spec.config,
+    ranks, info = palu_factors.allocate(pcfg(ratio=0.5, ranks=str(bad), factors="recompute"), smol.spec.config,
                                 "smollm2-135m", "SmolLM2-135M-Instruct")
     assert "factors_from" not in info and ranks["model.layers.3.self_attn.v_proj"] == [96]
 
@@ -244,8 +246,8 @@ def test_headline_names_effective_compression():
     """gs 1 at ratio 0.9 on SmolLM2 rounds every rank to 64 of 64: no compression, and the run must say so."""
     cfg = models.resolve("smollm2-135m", resolve({})["models"]).config
     def facts(ratio, gs, rounding):
-        ranks = {k: [align.rounded(r, rounding, gs * 64) for r in v] for k, v in palu.uniform_ranks(cfg, ratio, gs).items()}
-        f = palu.summarize_ranks({k: {"logical": v, "kept": v, "physical": v} for k, v in ranks.items()}, cfg, gs, 64)
+        ranks = {k: [align.rounded(r, rounding, gs * 64) for r in v] for k, v in palu_factors.uniform_ranks(cfg, ratio, gs).items()}
+        f = palu_factors.summarize_ranks({k: {"logical": v, "kept": v, "physical": v} for k, v in ranks.items()}, cfg, gs, 64)
         return {**f, "ratio": ratio}
     assert palu.headline(facts(0.9, 1, 32)) == ("WARNING: no compression at all: every rank is full; requested ratio "
                                                 "0.9 (KV cut 0.1000); effective KV cut 0.0000 (ranks kept 1.0000, mean "
@@ -265,7 +267,7 @@ def test_a_mismatched_dump_stops_the_run_at_session_start(tmp_path):
 
     dump = tmp_path / "SmolLM2-135M-Instruct_ratio-0.7_gs-3-fisher_uniform-whiten"
     dump.mkdir()
-    ranks = {p: [128] for p in palu.module_paths(models.resolve("smollm2-135m", resolve({})["models"]).config)}
+    ranks = {p: [128] for p in palu_factors.module_paths(models.resolve("smollm2-135m", resolve({})["models"]).config)}
     (dump / "config.json").write_text(json.dumps({"model_type": "palullama", "head_wise_ranks": ranks,
                                                   "original_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}))
     save_file({"model.layers.0.self_attn.k_proj.VT.weight": torch.zeros(127, 576)}, dump / "model.safetensors")

@@ -7,8 +7,10 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from gcompress_bench import UsageError, align, models, prune
+from gcompress_bench import UsageError, models
 from gcompress_bench.config import resolve
+from gcompress_bench.methods import align, prune
+from gcompress_bench.methods.prune import taylor as prune_taylor
 
 OPTS = {"ratio": 0.85, "heads": 0.0, "calib": "auto", "calib_samples": 3, "calib_seq_len": 24, "align_policy": "none"}
 
@@ -59,7 +61,7 @@ def test_taylor_scores_equal_the_gradient_of_a_unit_mask():
     lm = tiny()
     ids = torch.randint(0, 64, (3, 24), generator=torch.Generator().manual_seed(1))
     flags = [p.requires_grad for p in lm.model.parameters()]
-    channels, groups = prune.taylor_scores(lm.model, ids)
+    channels, groups = prune_taylor.taylor_scores(lm.model, ids)
     assert channels.shape == (2, 40) and groups.shape == (2, 2)
     want_c, want_g = masked_scores(lm.model, ids)
     torch.testing.assert_close(channels.double(), want_c, rtol=1e-5, atol=1e-9)
@@ -72,7 +74,7 @@ def test_taylor_score_predicts_the_loss_change_of_zeroing_a_channel():
     """First order: zeroing channel j moves the loss by about -(signed score); the ranking agrees."""
     lm = tiny(layers=1, inter=24, seed=3)
     ids = torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(2))
-    channels, _ = prune.taylor_scores(lm.model, ids)
+    channels, _ = prune_taylor.taylor_scores(lm.model, ids)
 
     def loss(drop=None):
         with torch.no_grad():
@@ -92,15 +94,15 @@ def test_taylor_score_predicts_the_loss_change_of_zeroing_a_channel():
 
 def test_channel_and_group_allocation():
     scores = torch.tensor([[5.0, 4, 3, 2, 1, 0], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [9, 9, 9, 9, 9, 9]])
-    assert prune.allocate_channels(scores, 10) == [3, 1, 6]          # each layer's best, then the top ones
-    assert prune.allocate_channels(scores, 0) == [1, 1, 1]          # never below one channel a layer
-    assert prune.allocate_channels(scores, 100) == [6, 6, 6]        # never above the full width
+    assert prune_taylor.allocate_channels(scores, 10) == [3, 1, 6]          # each layer's best, then the top ones
+    assert prune_taylor.allocate_channels(scores, 0) == [1, 1, 1]          # never below one channel a layer
+    assert prune_taylor.allocate_channels(scores, 100) == [6, 6, 6]        # never above the full width
     groups = torch.tensor([[0.1, 0.2, 5.0], [0.01, 0.02, 0.03], [1.0, 2.0, 3.0]])
-    keep = prune.select_groups(groups, 0.45)                        # round(0.45 * 9) = 4 removed
+    keep = prune_taylor.select_groups(groups, 0.45)                        # round(0.45 * 9) = 4 removed
     assert keep.tolist() == [[False, False, True], [False, False, True], [True, True, True]]
-    keep = prune.select_groups(groups, 0.99)                        # all but one per layer, at most
+    keep = prune_taylor.select_groups(groups, 0.99)                        # all but one per layer, at most
     assert keep.sum(1).tolist() == [1, 1, 1] and keep[:, 2].all()
-    assert prune.select_groups(groups, 0.0).all()
+    assert prune_taylor.select_groups(groups, 0.0).all()
 
 
 def test_head_groups_removed_equal_their_o_proj_columns_zeroed_and_generate_runs():

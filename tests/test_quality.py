@@ -6,10 +6,12 @@ import math
 import pytest
 import torch
 
-from gcompress_bench import lmeval, models
-from gcompress_bench.paired import mcnemar_exact
+from gcompress_bench import models
 from gcompress_bench.config import resolve
-from gcompress_bench.ppl import evaluate as ppl_evaluate, windows
+from gcompress_bench.results.paired import mcnemar_exact
+from gcompress_bench.suites import lmeval
+from gcompress_bench.suites.ppl import evaluate as ppl_evaluate
+from gcompress_bench.suites.ppl import windows
 
 from .conftest import REPO, run_cli
 
@@ -51,7 +53,7 @@ def test_fallback_corpus_and_tasks_are_named(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from gcompress_bench.ppl import load_corpus
+    from gcompress_bench.corpus import load_corpus
     text, source = load_corpus("auto")
     assert source == "data/tiny_corpus.txt (FALLBACK: WikiText-2 not in the HF cache)"
     assert text == (REPO / "data/tiny_corpus.txt").read_text()

@@ -8,7 +8,8 @@ import sys
 import pytest
 from matplotlib.image import imread
 
-from gcompress_bench import comparison, ops, plots, report
+from gcompress_bench.measure import ops
+from gcompress_bench.results import comparison, plots, report
 
 from .conftest import REPO, TINY, run_cli
 
@@ -238,9 +239,9 @@ def test_a_host_bound_cell_is_marked_in_comparison_tables():
 
 
 def test_a_suite_split_into_pieces_costs_their_sum(tmp_path):
-    """The full profile's infer_sweep as measured on an H200 in three pieces per variant (docs/h200/full): the
+    """The full profile's infer_sweep as measured on an H200 in three pieces per variant (data/evidence/h200/full): the
     cost table sums the pieces' measured regions, recomputed here from every raw sample, over their walls."""
-    full = REPO / "docs/h200/full"
+    full = REPO / "data/evidence/h200/full"
     pieces = {"baseline": ["base-dec", "base-pre", "base-pre-b8s4096"],
               "palu": ["palu-dec", "palu-pre", "palu-pre-b8s4096"]}
     rep = comparison.write([full / r for r in pieces["baseline"]], {"palu": [full / r for r in pieces["palu"]]},
@@ -263,17 +264,17 @@ def test_a_suite_split_into_pieces_costs_their_sum(tmp_path):
 
 
 def test_a_warm_compile_cache_shows_as_hits_and_a_shorter_compile():
-    """Two H200 runs of the same three decode graphs (docs/h200/compile-cache), the second after the first had
+    """Two H200 runs of the same three decode graphs (data/evidence/h200/compile-cache), the second after the first had
     filled inductor's cache: the summaries sum each run's per-cell hits and misses and first generations, and the
     run summary's compile line says so; the cached graphs decode at the same p50."""
-    runs = {name: report.build_summary(REPO / "docs/h200/compile-cache" / name) for name in ("cold", "warm")}
+    runs = {name: report.build_summary(REPO / "data/evidence/h200/compile-cache" / name) for name in ("cold", "warm")}
     for name, (hits, misses) in {"cold": (0, 3), "warm": (3, 0)}.items():
-        s, raw = runs[name], json.loads((REPO / "docs/h200/compile-cache" / name / "raw.json").read_text())
+        s, raw = runs[name], json.loads((REPO / "data/evidence/h200/compile-cache" / name / "raw.json").read_text())
         compiled = [c["compile"] for c in raw["cells"].values()]
         assert s["compile"]["graph_cache"] == {"hits": hits, "misses": misses}
         assert s["compile"]["first_generations_s"] == pytest.approx(sum(c["first_generation_s"] for c in compiled),
                                                                      abs=1e-3)
-        assert (f"inductor's graph cache (/tmp/torchinductor_root): {hits} hits, {misses} misses"
+        assert (f"inductor's graph cache (<tmp>/torchinductor_root): {hits} hits, {misses} misses"
                 in report._markdown(s))
     assert runs["cold"]["compile"]["first_generations_s"] > 4 * runs["warm"]["compile"]["first_generations_s"]
     for cell, c in runs["cold"]["cells"].items():

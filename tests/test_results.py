@@ -3,7 +3,7 @@ import json
 import pytest
 
 from gcompress_bench import UsageError
-from gcompress_bench.results import RawLog, ResultsError, create_run_dir, read_json
+from gcompress_bench.results.store import RawLog, ResultsError, create_run_dir, read_json
 
 
 def test_run_dir_is_never_reused(tmp_path):
@@ -52,7 +52,7 @@ def test_report_tool_names_a_truncated_raw_json(tmp_path):
 
 def test_a_new_record_field_reaches_the_summary_and_samples_become_statistics(tmp_path):
     """No key list stands between a cell's record and summary.json: only per-sample data is replaced."""
-    from gcompress_bench.report import build_summary
+    from gcompress_bench.results.report import build_summary
 
     log = RawLog(tmp_path, {"run_id": "r", "variant": "baseline", "model": "m", "timer": "host"})
     samples = [[3.0, 1.0, 2.0], [5.0, 4.0]]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gcompress_bench import stats
+from gcompress_bench.results import stats
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 30, 101, 1000])

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from gcompress_bench.stats import describe
+from gcompress_bench.results.stats import describe
 
 from .conftest import REPO, TINY, run_cli
 
@@ -142,8 +142,15 @@ def test_a_plug_in_method_runs_end_to_end_with_no_edit_elsewhere(llm_run, tmp_pa
         proc, runs = llm_run("--variant", variant, *extra, "--run-id", variant, *args, env_extra=plug)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     raw = json.loads((llm_run.root / "g/mlpprune/raw.json").read_text())
-    assert raw["method_facts"] == {"keep": 0.5, "intermediate": 768, "original": 1536,
-                                   "memory": {"reserved_after_release_bytes": None}}   # (no CUDA here)
+    facts = raw["method_facts"]
+    assert {k: facts[k] for k in ("keep", "intermediate", "original")} == {"keep": 0.5, "intermediate": 768,
+                                                                          "original": 1536}
+    # the harness ran around a plug-in that implements only compress: timed, measured, verified
+    assert facts["memory"] == {"peak_allocated_bytes": None, "peak_reserved_bytes": None,
+                               "reserved_after_release_bytes": None}   # (no CUDA here)
+    assert facts["compress_s"] > 0 and facts["agreement_floor"] is None   # no measured table: finite logits only
+    assert facts["verification"]["finite_logits"] and facts["verification"]["probe_tokens"] == 256
+    assert 0 < facts["verification"]["top1_agreement"] < 1
     # 30 layers x 3 projections x 768 channels x 576 fewer parameters
     assert raw["model_facts"]["parameters"] == 134_515_008 - 30 * 3 * 768 * 576
     assert "- mlpprune: MLP intermediate 768 of 1536" in (llm_run.root / "g/mlpprune/run_summary.md").read_text()
@@ -204,7 +211,7 @@ def test_killed_run_keeps_every_finished_cell(llm_run):
     assert list(raw["cells"]) == ["test_prefill[B1-S16]", "test_prefill[B2-S16]"]
     assert all(c["status"] == "ok" for c in raw["cells"].values())
     assert not (run / "summary.json").exists()
-    from gcompress_bench.report import summarize
+    from gcompress_bench.results.report import summarize
     s = summarize(run)   # regenerated from raw.json alone
     assert s["not_run"] == ["test_decode[B1-ctx16-gen4]"]
 

@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from gcompress_bench.timing import Clock
+from gcompress_bench.measure.timing import Clock
 
 
 def test_host_clock_measures_sleeps():
@@ -46,8 +46,9 @@ def test_no_host_sync_inside_a_measured_decode_region(monkeypatch, mode):
     """Every tensor-to-host read and every explicit synchronize is counted; none may happen
     between the first and the last mark of a generation (one sync follows, to read the events).
     compiled: the StaticCache loop with the step captured by torch.compile (aot_eager on CPU)."""
-    from gcompress_bench import infer, models
+    from gcompress_bench import models
     from gcompress_bench.config import resolve
+    from gcompress_bench.suites import infer
 
     lm = models.load(models.resolve("smollm2-135m", resolve({})["models"]), "float32", torch.device("cpu"))
     ids = infer.random_ids(49152, 2, 16, 0, "cpu")
@@ -99,7 +100,8 @@ def test_a_planted_slow_host_is_flagged_and_a_clean_run_is_not(smol, monkeypatch
     """A sleep inside every decode step is host time the device (here the CPU's operators) never sees:
     the cell's busy share falls under 80% and it is marked host-bound; the same cell without it is not.
     A sleep in the second trial only is host time that drifts between trials: the run summary warns."""
-    from gcompress_bench import infer, report
+    from gcompress_bench.results import report
+    from gcompress_bench.suites import infer
     cell = {"batch": 2, "ctx": 16, "gen": 6}
 
     def measured():
@@ -126,7 +128,7 @@ def test_a_planted_slow_host_is_flagged_and_a_clean_run_is_not(smol, monkeypatch
 
 
 def test_host_checks_warn_on_a_moved_launch_rate_and_drifting_cells():
-    from gcompress_bench import report
+    from gcompress_bench.results import report
     cells = {"a": {"host_drift": 0.5, "host_bound": True}, "b": {"host_drift": 0.1}, "c": {"host_drift": None}}
     quiet = report.host_check(cells, 1000.0, 1100.0)
     assert quiet["change"] == pytest.approx(0.1) and quiet["host_bound_cells"] == ["a"]

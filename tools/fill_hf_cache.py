@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from gcompress_bench import UsageError, lmeval, ppl  # noqa: E402  (sets the suite's offline flags, undone below)
+from gcompress_bench import UsageError, corpus
+from gcompress_bench.suites import lmeval
 
 # This tool is the one place that goes online: the flags must be off before the HF libraries import.
 os.environ.update(HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0")
@@ -32,7 +33,7 @@ def fill(models, tasks, wikitext=True):
     for model in models:
         print(f"snapshot_download({model!r}, ignore_patterns=['original/*'])", flush=True)
         print(f"  -> {snapshot_download(model, ignore_patterns=['original/*'])}", flush=True)
-    calls = [ppl.WIKITEXT] if wikitext else []
+    calls = [corpus.WIKITEXT] if wikitext else []
     calls += [lmeval.builtin_dataset(t) for t in tasks]
     for path, name in calls:
         print(f"load_dataset({path!r}, {name!r})", flush=True)

@@ -174,7 +174,9 @@ def _model_repo(repo_id, folder):
 def build_repos(manifest=MANIFEST):
     """{(kind, id): Repo} from the manifest."""
     sys.path.insert(0, str(REPO / "src"))
-    from gcompress_bench import config as cfgmod, lmeval, models
+    from gcompress_bench import config as cfgmod
+    from gcompress_bench import models
+    from gcompress_bench.suites import lmeval
 
     m = yaml.safe_load(Path(manifest).read_text())
     root = Path(manifest).parent

@@ -1,4 +1,4 @@
-"""GPU check and benchmark of the fused latent decode kernel (gcompress_bench.latent_kernel) against
+"""GPU check and benchmark of the fused latent decode kernel (gcompress_bench.methods.palu.latent_kernel) against
 latent.py's torch decode attention, at one Llama-3-8B layer's shapes (32 heads, 8 KV heads,
 head_dim 128, PaLU group size 4: 2 groups of 512 rows; K and V ranks 358 unaligned, 352 aligned).
 
@@ -29,8 +29,9 @@ from torch import nn
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, StaticCache
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-from gcompress_bench import latent, latent_kernel, roofline
-from gcompress_bench.palu import PaluLinear
+from gcompress_bench.measure import layout, roofline
+from gcompress_bench.methods.palu import latent, latent_kernel
+from gcompress_bench.methods.palu.factors import PaluLinear
 
 DEV, DTYPE = "cuda", torch.bfloat16
 HEADS, KV, HD, GS = 32, 8, 128, 4
@@ -157,7 +158,7 @@ def layer_rows(args, shared, ceilings):
                         torch._dynamo.mark_static_address(x)   # else each replay copies the whole cache in
 
                     def full(q=q, k=k_full, v=v_full):
-                        return latent.grouped_decode_attention(q, k, v, None, layer.scaling)
+                        return layout.grouped_decode_attention(q, k, v, None, layer.scaling)
                     unfused_c, fused_c, full_c = compiled(unfused), compiled(fused), compiled(full)
                     skips = cudagraph_skips()
                     row["fused_compiled_vs_fused"] = errors(fused_c().clone(), out_f)

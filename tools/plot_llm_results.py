@@ -13,10 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from gcompress_bench import method
-from gcompress_bench.comparison import write
-from gcompress_bench.report import build_summary
-from gcompress_bench.results import ResultsError, read_json
+from gcompress_bench import methods
+from gcompress_bench.results.comparison import write
+from gcompress_bench.results.report import build_summary
+from gcompress_bench.results.store import ResultsError, read_json
 
 
 def runs_of_group(root, group):
@@ -30,7 +30,7 @@ def runs_of_group(root, group):
         except ResultsError as e:
             bad.append(f"skipped run dir {run}: {e}")
             continue
-        columns.setdefault(method.label(cfg), []).append(run)
+        columns.setdefault(methods.label(cfg), []).append(run)
     return columns.pop("baseline", []), columns, bad
 
 

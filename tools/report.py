@@ -4,8 +4,8 @@
 """
 import sys
 
-from gcompress_bench.report import summarize
-from gcompress_bench.results import ResultsError
+from gcompress_bench.results.report import summarize
+from gcompress_bench.results.store import ResultsError
 
 
 def main(paths):

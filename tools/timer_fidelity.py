@@ -12,7 +12,10 @@ import sys
 
 import torch
 
-from gcompress_bench import config, env, infer, models, stats, timing
+from gcompress_bench import config, models
+from gcompress_bench.measure import env, timing
+from gcompress_bench.results import stats
+from gcompress_bench.suites import infer
 
 
 class SilentClock(timing.Clock):

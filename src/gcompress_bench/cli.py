@@ -2,11 +2,9 @@
 import argparse
 import sys
 
-import pytest
-
-from . import REPO_ROOT
-from .config import option_dest, options
-from .suites import marker_expr
+from gcompress_bench import REPO_ROOT
+from gcompress_bench.config import option_dest, options
+from gcompress_bench.suites import marker_expr
 
 
 def parser(prog, suites, default_suite):
@@ -45,4 +43,5 @@ def run(prog, suites, default_suite, argv=None, extra_options=()):
     if args.suite not in suites:
         print(f"{prog}: --suite: unknown suite {args.suite!r}; allowed: {', '.join(suites)}", file=sys.stderr)
         return 2
+    import pytest  # here: --help and bad input never import pytest, torch or a plug-in's code
     return int(pytest.main(pytest_args(args, extra)))

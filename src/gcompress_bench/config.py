@@ -9,15 +9,14 @@ from pathlib import Path
 
 import yaml
 
-from . import REPO_ROOT, UsageError, align, layout, lmeval, method
-from .suites import SUITES, TIMED
+from gcompress_bench import REPO_ROOT, UsageError, methods, suites
+from gcompress_bench.methods import align
+from gcompress_bench.suites.base import ITER_KEYS
 
 SUITES_FILE = REPO_ROOT / "experiments" / "llm_suites.yaml"
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
-DECODE_MODES = ("eager", "compiled")
-ITER_KEYS = ("warmup", "iters", "trials")
-RULER_MIN_LENGTH = 512
+LAYOUTS = ("hf", "fused")
 
 # (flag, config path, kind, help). kind: str | int | float | ints / floats / strs (comma lists) | limit (int or "all")
 # | flag (no value)
@@ -39,32 +38,8 @@ OPTIONS = [
     ("--trials", "trials", "int", "trials per cell (overrides every timed suite)"),
     ("--layout", "layout", "str", "timing suites' module layout: fused (one GEMM for Q/K/V and one for gate/up, "
                                   "decode attention per KV head, every method alike) or hf (the modules as built)"),
-    ("--inductor", "decode.inductor", "settings", "compiled decode: torch._inductor.config settings, e.g. "
-                                                  "coordinate_descent_tuning=true,max_autotune=false"),
     ("--ops-profile", "ops_profile", "int", "after each timed cell's measured iterations, N more (decode: steps) under "
                                             "torch.profiler: time per operator family, top kernels, GEMM kernels (0 = off)"),
-    ("--prefill-batch", "prefill.batch", "ints", "prefill batch sizes, e.g. 1,4,8"),
-    ("--prefill-seq-len", "prefill.seq_len", "ints", "prefill sequence lengths"),
-    ("--decode-ctx", "decode.ctx", "ints", "decode prompt lengths"),
-    ("--decode-gen", "decode.gen", "ints", "decode generated tokens"),
-    ("--decode-batch", "decode.batch", "ints", "decode batch sizes"),
-    ("--decode-mode", "decode.mode", "strs", "decode modes, each its own cells: eager (DynamicCache, plain "
-                                             "forwards), compiled (StaticCache + torch.compile CUDA graphs)"),
-    ("--ppl-corpus", "ppl.corpus", "str", "ppl: auto (WikiText-2 test if cached, else data/tiny_corpus.txt) or a text file"),
-    ("--ppl-seq-len", "ppl.seq_len", "int", "ppl: tokens per window"),
-    ("--ppl-stride", "ppl.stride", "int", "ppl: window stride (< seq len: sliding windows)"),
-    ("--tasks", "lmeval.tasks", "strs", "lmeval: comma-separated tasks, e.g. piqa,hellaswag"),
-    ("--limit", "lmeval.limit", "limit", "lmeval: first N documents per task, or all"),
-    ("--fewshot", "lmeval.fewshot", "ints", "lmeval: few-shot counts, each its own cell, e.g. 0,1"),
-    ("--tasks-path", "lmeval.tasks_path", "str", "lmeval: a folder of your own task YAMLs (searched recursively)"),
-    ("--lmeval-ruler-length", "lmeval.ruler_length", "int", "lmeval: tokens of each RULER task's prompts and answer "
-                                                            "(niah_single_1, ruler_vt, ...; one length per run)"),
-    ("--longctx-tasks", "longctx.tasks", "strs", "longctx: retrieval tasks of data/longctx/tasks.yaml (passkey, "
-                                                 "multikey, vartrack)"),
-    ("--longctx-lengths", "longctx.lengths", "ints", "longctx: prompt lengths in tokens, each its own cell"),
-    ("--longctx-depths", "longctx.depths", "floats", "longctx: needle depths, fractions of the filler, e.g. 0,0.5,1"),
-    ("--longctx-items", "longctx.items", "int", "longctx: prompts per (task, length, depth)"),
-    ("--longctx-max-new-tokens", "longctx.max_new_tokens", "int", "longctx: greedy tokens at most per answer"),
     ("--baseline-run", "baseline_run", "str", "a baseline run dir to compare this run with, item by item"),
     ("--shard", "shard", "str", "i/N: run only slice i (0-based) of N of the selected cells, balanced by cost"),
     ("--check-only", "check_only", "flag", "check that every input (model, datasets, tasks, rank files) is found "
@@ -73,8 +48,8 @@ OPTIONS = [
 
 
 def options():
-    """The one option table: the suite's own options, then every registered method's (--<method>-*)."""
-    return OPTIONS + method.option_rows()
+    """The one option table: the run's own options, every registered suite's, then every method's (--<method>-*)."""
+    return OPTIONS + suites.option_rows() + methods.option_rows()
 
 
 def option_dest(flag):
@@ -112,33 +87,17 @@ def _setting(flag, item):
     return key.strip(), yaml.safe_load(value)
 
 
-def check_inductor(settings):
-    """Each key a torch._inductor.config setting, each value of the setting's own type."""
-    from torch._inductor import config as inductor
-    if not isinstance(settings, dict):
-        raise UsageError(f"--inductor: {settings!r} is not allowed; allowed: key=value settings")
-    for key, value in settings.items():
-        try:
-            current = getattr(inductor, key) if "." not in key else inductor.get_config_copy()[key]
-        except (AttributeError, KeyError):
-            raise UsageError(f"--inductor: {key!r} is not a torch._inductor.config setting; allowed: its "
-                             "settings, e.g. coordinate_descent_tuning, max_autotune, epilogue_fusion") from None
-        if current is not None and type(value) is not type(current):
-            raise UsageError(f"--inductor: {key}={value!r} is not allowed; allowed: a {type(current).__name__}, "
-                             f"e.g. {key}={current!r}")
-
-
 def load_suites(path=None):
     path = Path(path or SUITES_FILE)
     try:
-        suites = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"suite file {path} does not exist") from None
     except yaml.YAMLError as e:
         raise UsageError(f"suite file {path} is not valid YAML: {e}".splitlines()[0]) from None
-    if not isinstance(suites, dict) or not {"defaults", "profiles", "models"} <= suites.keys():
+    if not isinstance(data, dict) or not {"defaults", "profiles", "models"} <= data.keys():
         raise UsageError(f"suite file {path} needs the sections defaults, profiles and models")
-    return suites
+    return data
 
 
 def _merge(base, over):
@@ -156,12 +115,13 @@ def _set(cfg, dotted, value):
 
 
 def resolve(given):
-    """Merge YAML defaults, the profile and the given options ({dest: raw value or None})."""
-    suites = load_suites(given.get("suites_file"))
-    profile = given.get("profile") or suites["defaults"]["profile"]
-    if profile not in suites["profiles"]:
-        raise UsageError(f"--profile: unknown profile {profile!r}; allowed: {', '.join(suites['profiles'])}")
-    cfg = _merge(_merge(method.defaults(), suites["defaults"]), suites["profiles"][profile])
+    """Merge the plug-ins' defaults, the YAML's defaults, the profile and the given options ({dest: raw value or
+    None})."""
+    data = load_suites(given.get("suites_file"))
+    profile = given.get("profile") or data["defaults"]["profile"]
+    if profile not in data["profiles"]:
+        raise UsageError(f"--profile: unknown profile {profile!r}; allowed: {', '.join(data['profiles'])}")
+    cfg = _merge(_merge(_merge(suites.defaults(), methods.defaults()), data["defaults"]), data["profiles"][profile])
     cfg["profile"] = profile
     cfg["suites_file"] = str(Path(given.get("suites_file") or SUITES_FILE).resolve())
     for flag, path, kind, _ in options():
@@ -170,12 +130,12 @@ def resolve(given):
             continue
         value = _parse(flag, kind, raw)
         if path in ITER_KEYS:
-            for suite in TIMED:
-                cfg[suite][path] = value
+            for marker in suites.timed():
+                cfg[marker][path] = value
         else:
             _set(cfg, path, value)
-    _validate(cfg, suites["models"])
-    cfg["models"] = suites["models"]
+    _validate(cfg, data["models"])
+    cfg["models"] = data["models"]
     return cfg
 
 
@@ -206,8 +166,8 @@ def _validate(cfg, models):
     check_folder_name("--exp-group", cfg["exp_group"])
     if cfg.get("run_id") is not None:
         check_folder_name("--run-id", cfg["run_id"])
-    method.get(cfg["variant"])
-    method.check_options(cfg)
+    methods.get(cfg["variant"])
+    methods.check_options(cfg)
     if cfg["align_policy"] != "method":
         if cfg["variant"] == "baseline":
             raise UsageError(f"--align-policy: {cfg['align_policy']!r} is not allowed with --variant baseline, which has "
@@ -220,73 +180,27 @@ def _validate(cfg, models):
         raise UsageError(
             f"--model: unknown model {model!r}; allowed: {', '.join(models)}, "
             "an HF id (org/name) in the local HF cache, or a local model folder")
-    for suite in TIMED:
-        for key in SUITES[suite].grid:
-            vals = cfg[suite][key]
-            if not vals or any(not isinstance(v, int) or v <= 0 for v in vals):
-                flag = f"--{suite}-{key.replace('_', '-')}"
-                raise UsageError(f"{flag}: {vals} is not allowed; values must be positive integers")
-        for key, low in zip(ITER_KEYS, (0, 1, 1)):
-            v = cfg[suite][key]
-            if not isinstance(v, int) or v < low:
-                raise UsageError(f"--{key} ({suite}): {v!r} is not allowed; it must be an integer >= {low}")
-    for suite in SUITES.values():
-        if suite.validate:
-            suite.validate(cfg[suite.marker])
+    for suite in suites.load().values():
+        suite.validate(cfg[suite.marker])
     if not isinstance(cfg["ops_profile"], int) or cfg["ops_profile"] < 0:
         raise UsageError(f"--ops-profile: {cfg['ops_profile']!r} is not allowed; it must be an integer >= 0 (0 = off)")
-    _check_choice("--layout", cfg["layout"], layout.LAYOUTS)
-    check_inductor(cfg["decode"].get("inductor", {}))
-    modes = cfg["decode"].get("mode")
-    if not modes or any(m not in DECODE_MODES for m in modes):
-        raise UsageError(f"--decode-mode: {modes} is not allowed; allowed: one or more of {', '.join(DECODE_MODES)}")
-    limit = cfg["lmeval"]["limit"]
-    if limit != "all" and (not isinstance(limit, int) or limit < 1):
-        raise UsageError(f"--limit: {limit!r} is not allowed; it must be an integer >= 1 or 'all'")
-    if not cfg["lmeval"]["tasks"] or any(k < 0 for k in cfg["lmeval"]["fewshot"]) or not cfg["lmeval"]["fewshot"]:
-        raise UsageError(f"--tasks/--fewshot: {cfg['lmeval']['tasks']}/{cfg['lmeval']['fewshot']} is not allowed; "
-                         "give at least one task and few-shot counts >= 0")
-    ruler = [t for t in cfg["lmeval"]["tasks"] if t in lmeval.RULER_TASKS]
-    if ruler and cfg["lmeval"]["fewshot"] != [0]:
-        raise UsageError(f"--fewshot: {','.join(map(str, cfg['lmeval']['fewshot']))} is not allowed with the RULER "
-                         f"task(s) {', '.join(ruler)}; allowed: --fewshot 0")
-    length = cfg["lmeval"].get("ruler_length")
-    if ruler and (not isinstance(length, int) or length < RULER_MIN_LENGTH):
-        raise UsageError(f"--lmeval-ruler-length: {length!r} is not allowed; it must be an integer >= "
-                         f"{RULER_MIN_LENGTH} (a RULER prompt's template and its 128 answer tokens must fit)")
-    ppl = cfg["ppl"]
-    if ppl["seq_len"] < 2 or (ppl["stride"] is not None and not 1 <= ppl["stride"] <= ppl["seq_len"]):
-        raise UsageError(f"--ppl-seq-len/--ppl-stride: {ppl['seq_len']}/{ppl['stride']} is not allowed; "
-                         "seq len >= 2 and 1 <= stride <= seq len")
-    if ppl["corpus"] not in ("auto", "wikitext2") and not os.path.isfile(ppl["corpus"]):
-        raise UsageError(f"--ppl-corpus: {ppl['corpus']!r} is not a file; allowed: auto, wikitext2, or a text file")
-    if cfg["lmeval"]["tasks_path"] and not os.path.isdir(cfg["lmeval"]["tasks_path"]):
-        raise UsageError(f"--tasks-path: {cfg['lmeval']['tasks_path']!r} is not a folder")
+    _check_choice("--layout", cfg["layout"], LAYOUTS)
     if cfg["baseline_run"] and not os.path.isfile(os.path.join(cfg["baseline_run"], "raw.json")):
         raise UsageError(f"--baseline-run: {cfg['baseline_run']!r} holds no raw.json; allowed: a baseline run dir")
     if cfg.get("shard") is not None:
         cfg["shard"] = parse_shard(cfg["shard"])
 
-def check_lengths(cfg, max_positions, suites, synthetic=False):
+
+def check_lengths(cfg, max_positions, markers, synthetic=False):
     """A cell longer than the model's context is a usage error, not an OOM or silent garbage.
     Random weights have no quality to lose, so a synthetic model times any length."""
     if synthetic:
         return
-    longest = {}
-    if "infer_sweep" in suites:
-        longest = {"--prefill-seq-len": max(cfg["prefill"]["seq_len"]),
-                   "--decode-ctx + --decode-gen": max(cfg["decode"]["ctx"]) + max(cfg["decode"]["gen"])}
-    if "ppl" in suites:
-        longest["--ppl-seq-len"] = cfg["ppl"]["seq_len"]
-    if "lmeval" in suites and any(t in lmeval.RULER_TASKS for t in cfg["lmeval"]["tasks"]):   # prompt and answer
-        longest["--lmeval-ruler-length"] = cfg["lmeval"]["ruler_length"]
-    if "longctx" in suites:   # the prompt and its answer
-        longest["--longctx-lengths + --longctx-max-new-tokens"] = max(cfg["longctx"]["lengths"]) + \
-            cfg["longctx"]["max_new_tokens"]
-    for what, n in longest.items():
-        if n > max_positions:
-            raise UsageError(f"{what} {n} is longer than the model's context of {max_positions} tokens; "
-                             f"allowed: at most {max_positions}")
+    for marker in markers:
+        for what, n in suites.load()[marker].longest(cfg[marker]).items():
+            if n > max_positions:
+                raise UsageError(f"{what} {n} is longer than the model's context of {max_positions} tokens; "
+                                 f"allowed: at most {max_positions}")
 
 
 def parse_shard(text):

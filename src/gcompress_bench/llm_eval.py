@@ -1,7 +1,7 @@
 """python -m gcompress_bench.llm_eval --variant {baseline,METHOD} --suite {ppl,lmeval,longctx} --tasks piqa,hellaswag --limit 200 --out <dir>"""
 import sys
 
-from .cli import run
+from gcompress_bench.cli import run
 
 SUITES, DEFAULT = ["ppl", "lmeval", "longctx"], "ppl"
 

@@ -1,7 +1,7 @@
 """python -m gcompress_bench.llm_run --variant {baseline,METHOD} --suite infer_sweep --out <dir>"""
 import sys
 
-from .cli import run
+from gcompress_bench.cli import run
 
 SUITES, DEFAULT = ["infer_sweep"], "infer_sweep"
 

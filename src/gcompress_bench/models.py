@@ -1,6 +1,7 @@
 """Model resolution and loading: local files only, never a download, never a hang.
 
-`resolve` is cheap (config only) so bad input fails at session start; `load` builds the weights.
+`resolve` is cheap (config only) so bad input fails at session start; `load` builds the weights. torch is
+imported where weights are built, so resolving a model (and reading options) never imports it.
 """
 import gc
 import importlib.util
@@ -10,13 +11,26 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from . import REPO_ROOT, UsageError, cache
-from .roofline import head_dim, weight_bytes
+from gcompress_bench import REPO_ROOT, UsageError, cache
 
 CACHE_ROOT = Path(os.environ.get("GCOMPRESS_CACHE", Path.home() / ".cache" / "gcompress_bench"))
 SYNTHETIC_STAMP = "synthetic weights"
+
+
+def weight_bytes(model, decode_step=False):
+    """Parameter bytes, a tied weight once (state_dict lists it under both names). decode_step:
+    only what a decode step reads, i.e. without an input embedding that is not also the output
+    projection (a step gathers B rows of it)."""
+    params = {id(p): p for p in model.parameters()}
+    emb = model.get_input_embeddings().weight
+    if decode_step and emb is not model.get_output_embeddings().weight:
+        del params[id(emb)]
+    return sum(p.numel() * p.element_size() for p in params.values())
+
+
+def head_dim(config):
+    """The attention head width: the config's own, else hidden / heads (configs that predate the field)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 class ModelUnavailable(UsageError):
@@ -44,10 +58,10 @@ class ModelSpec:
 @dataclass
 class LoadedModel:
     spec: ModelSpec
-    model: torch.nn.Module = field(repr=False)
+    model: object = field(repr=False)   # a torch.nn.Module (HF causal LM)
     tokenizer: object = field(repr=False)
-    device: torch.device
-    dtype: torch.dtype
+    device: object                      # torch.device
+    dtype: object                       # torch.dtype
     load_s: float
 
     def describe(self):
@@ -172,6 +186,7 @@ def safetensors_problem(path):
 
 
 def _export_gguf(name, entry, out):
+    import torch
     spec = importlib.util.find_spec(entry["package"])
     if spec is None or not spec.submodule_search_locations:
         raise ModelUnavailable(
@@ -193,6 +208,7 @@ def _export_gguf(name, entry, out):
 
 def release_memory(device):
     """Return freed blocks to the device; the bytes still reserved afterwards (None off CUDA)."""
+    import torch
     gc.collect()
     if device.type != "cuda":
         return None
@@ -201,6 +217,7 @@ def release_memory(device):
 
 
 def pick_device(name):
+    import torch
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -219,6 +236,7 @@ def load_tokenizer(spec):
 
 def load(spec, dtype, device):
     """Weights on `device` in `dtype`, SDPA attention, eval mode."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     dtype = getattr(torch, dtype)

@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from gcompress_bench import infer
+from gcompress_bench.suites import infer
 
 _prefill = infer.prefill
 

@@ -4,7 +4,7 @@ have the smallest norm. It leaves an irregular intermediate size, as LLM-Pruner 
 import torch
 from torch import nn
 
-from gcompress_bench.method import Method, Option, register
+from gcompress_bench.methods import Method, Option, register
 
 
 def _shrunk(linear, index, dim):
@@ -24,7 +24,7 @@ class MlpPrune(Method):
         return max(1, int(opts["keep"] * spec.config.intermediate_size))
 
     @torch.no_grad()
-    def apply(self, lm, plan, opts, progress):
+    def compress(self, lm, plan, opts, progress):
         for layer in lm.model.model.layers:
             mlp = layer.mlp
             score = mlp.gate_proj.weight.norm(dim=1) * mlp.up_proj.weight.norm(dim=1) * mlp.down_proj.weight.norm(dim=0)

@@ -1,0 +1,1 @@
+"""Measurement: clocks, energy, operator profiles, ceilings, the environment, the fused layout."""

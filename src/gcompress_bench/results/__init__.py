@@ -1,0 +1,1 @@
+"""Results: run dirs and storage, statistics, paired tests, summaries, comparisons, plots."""

@@ -1,0 +1,104 @@
+"""Run directories: results/<exp_group>/<run_id>/, never overwritten, raw.json replaced atomically."""
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+
+from gcompress_bench import UsageError
+
+SCHEMA = 1
+
+
+class ResultsError(Exception):
+    """A result file that cannot be read: names the file."""
+
+
+def default_run_id(variant, suites, model):
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", model.rstrip("/").split("/")[-1]).strip("-")
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{variant}-{'+'.join(suites)}-{slug}"
+
+
+def write_json(path, obj):
+    """Write-then-rename, so a reader or a crash never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=str, allow_nan=False) + "\n")   # strict JSON: no NaN
+    os.replace(tmp, path)
+
+
+def non_finite(obj, where=""):
+    """Paths of every NaN or infinity in a record (nested dicts and lists)."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [where or "value"]
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in non_finite(v, f"{where}[{i}]")]
+    return []
+
+
+def finite_or_none(obj):
+    """The record with every NaN or infinity replaced by None, so it can be stored as strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def read_json(path):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{path}: not valid JSON ({e}); the file is corrupted or truncated") from None
+
+
+def create_run_dir(root, exp_group, run_id, explicit):
+    """A fresh folder. An explicit run id that exists is refused; a generated one gets a suffix."""
+    root = Path(root)
+    try:
+        (root / exp_group).mkdir(parents=True, exist_ok=True)
+        probe = root / exp_group / f".write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--results-root: {str(root)!r} is not writable ({e.strerror}); "
+                         "allowed: a folder this user can create and write") from None
+    path = root / exp_group / run_id
+    n = 1
+    while True:
+        try:
+            path.mkdir()   # atomic: of two processes asking for one name, exactly one gets it
+            return path
+        except FileExistsError:
+            if explicit:
+                raise UsageError(f"--run-id: {run_id!r} already exists at {path}; results are never overwritten: "
+                                 "choose a new run id") from None
+            n += 1
+            path = root / exp_group / f"{run_id}-{n}"
+
+
+class RawLog:
+    """raw.json: every finished cell, rewritten after each one so an interrupted run keeps them all."""
+
+    def __init__(self, run_dir, header):
+        self.path = Path(run_dir) / "raw.json"
+        self.data = {"schema": SCHEMA, **header, "cells": {}}
+        write_json(self.path, self.data)
+
+    def set(self, **facts):
+        """Facts measured about the run as a whole (the model's, the method's), beside its cells."""
+        self.data.update(facts)
+        write_json(self.path, self.data)
+
+    def add(self, cell_id, record):
+        self.data["cells"][cell_id] = record
+        self.data["updated_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        write_json(self.path, self.data)

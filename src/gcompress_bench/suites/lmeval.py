@@ -1,0 +1,332 @@
+"""lm-eval accuracy on the in-memory model, through the real lm-evaluation-harness.
+
+A built-in task (piqa, hellaswag, any task of the installed lm-eval) runs lm-eval's own task
+definition on its dataset from the local HF cache. When piqa's or hellaswag's dataset is not
+cached, its offline stand-in from data/tasks/ runs instead and the record says FALLBACK; a
+fallback is never silent. Every record carries what was evaluated: the data source, the dataset
+revision or the task files' hashes, a sha256 of the documents scored, and n against n available.
+
+lm-eval's RULER tasks (niah_single_1, ruler_vt, ...) are generated, not read: their documents are built at
+one length (--lmeval-ruler-length) with the model's own tokenizer, after fixed seeds, so two runs score the
+same prompts. They are answered greedily at 0 shots and scored as the share of gold strings found.
+"""
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gcompress_bench import REPO_ROOT, UsageError
+from gcompress_bench.fmt import plus_minus
+from gcompress_bench.suites import Suite, register
+from gcompress_bench.suites.tables import dash_unless_ok, data_source, table
+
+TASKS_DIR = REPO_ROOT / "data" / "tasks"
+FALLBACKS = {"piqa": "mini_piqa", "hellaswag": "mini_hellaswag"}   # offline stand-ins in data/tasks/
+
+# lm-eval's RULER tasks: those that build their documents offline (they need the package wonderwords), and
+# those whose haystack or questions come from a dataset (None: fetched from the web by lm-eval, never cached)
+RULER_OFFLINE = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "ruler_cwe", "ruler_vt", "ruler_fwe")
+RULER_DATA = {**dict.fromkeys(("niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multiquery",
+                               "niah_multivalue"), "baber/paul_graham_essays"),
+              "ruler_qa_squad": None, "ruler_qa_hotpot": None}
+RULER_TASKS = RULER_OFFLINE + tuple(RULER_DATA)
+RULER_MIN_LENGTH = 512   # a RULER prompt's template and its 128 answer tokens must fit
+RULER_SEEDS = (0, 1234)   # random, numpy.random: seeded right before the documents are built
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What a task's record reports: `names` are record keys (each with <name>_stderr beside it), and
+    `outcome[name]` is the per-item 0/1 key that a paired comparison runs McNemar on."""
+    names: tuple
+    outcome: dict
+
+
+CHOICE = Metrics(("acc", "acc_norm"), {"acc": "acc", "acc_norm": "acc_norm"})
+RULER = Metrics(("score",), {"score": "correct"})   # score: share of gold strings found; correct: all found
+
+
+def metrics(rec):
+    """The Metrics of a record (a raw cell, a summary cell or a slice of one): RULER records carry a length."""
+    return RULER if rec.get("length") is not None else CHOICE
+
+
+@dataclass
+class TaskSource:
+    """What runs for one requested task name, and where its data comes from."""
+    spec: object                 # a built-in task name, or a local task's config dict
+    source: str                  # for records and summaries; starts with FALLBACK when it is one
+    provenance: dict = field(default_factory=dict)   # dataset revision, or {file: sha256} of a local task
+
+
+@functools.cache
+def builtin_tasks():
+    """lm-eval's TaskManager over its own built-in YAMLs, built once per process (a few seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def builtin_index():
+    return builtin_tasks().task_index
+
+
+def builtin_dataset(task):
+    """(dataset_path, dataset_name) that the installed lm-eval's YAML for `task` reads from the HF hub."""
+    entry = builtin_index().get(task)
+    if entry is None or entry.kind.name != "TASK":
+        raise UsageError(f"--tasks: {task!r} is not a single task of the installed lm-eval (groups and tags: "
+                         "name their tasks one by one)")
+    return entry.cfg.get("dataset_path"), entry.cfg.get("dataset_name")
+
+
+def cached_revision(path, name):
+    """The commit of a dataset in the local HF datasets cache, or (None, why not); never a download."""
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(path, name)
+    except Exception as e:  # noqa: BLE001 - any failure offline means "not cached"
+        return None, str(e).splitlines()[0] if str(e) else type(e).__name__
+    split = next(iter(ds.values()))
+    return Path(split.cache_files[0]["filename"]).parent.name, None
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def local_tasks(folder):
+    """{task: TaskSource} for every task YAML under `folder`, recursively, as lm-eval indexes them;
+    data_files are relative to their YAML and are made absolute here."""
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    for path in sorted(Path(folder).rglob("*.yaml")):   # lm-eval skips a bad YAML silently; a user must hear of it
+        try:
+            cfg = load_yaml(path, resolve_func=False)
+        except Exception as e:  # noqa: BLE001 - any YAML or include error
+            raise UsageError(f"--tasks-path: {path} is not a valid task YAML ({str(e).splitlines()[0]})") from None
+        if not {"task", "group", "class"} & set(cfg):
+            raise UsageError(f"--tasks-path: {path} has no 'task:' (nor 'group:'); allowed: lm-eval task YAMLs "
+                             "(a shared template goes in a file not ending in .yaml, as lm-eval does)")
+    out = {}
+    for name, entry in TaskManager(include_path=str(folder), include_defaults=False).task_index.items():
+        if entry.yaml_path is None or entry.cfg is None or "task" not in entry.cfg:
+            continue
+        cfg = load_yaml(entry.yaml_path, resolve_func=True)
+        files = cfg.get("dataset_kwargs", {}).get("data_files", {})
+        for split, f in files.items():
+            files[split] = str((Path(entry.yaml_path).parent / f).resolve())
+        prov = {str(p): _sha256(p) for p in [entry.yaml_path, *files.values()] if Path(p).is_file()}
+        out[name] = TaskSource(cfg, str(entry.yaml_path), {"files": prov})
+    return out
+
+
+def resolve_tasks(names, tasks_path=None):
+    """Each requested task -> TaskSource; an unknown name is a usage error naming where it looked."""
+    user = local_tasks(tasks_path) if tasks_path else {}
+    mini = local_tasks(TASKS_DIR)
+    out = {}
+    for name in names:
+        if name in user or name in mini:
+            out[name] = user.get(name) or mini[name]
+            continue
+        if name not in builtin_index() or builtin_index()[name].kind.name != "TASK":
+            searched = ", ".join(filter(None, [f"{tasks_path} (recursively)" if tasks_path else None,
+                                               str(TASKS_DIR), "the installed lm-eval's built-in tasks"]))
+            local = sorted(set(user) | set(mini))
+            raise UsageError(f"--tasks: unknown task {name!r}; searched {searched}; allowed: a task of the "
+                             f"installed lm-eval (e.g. piqa, hellaswag) or one of {', '.join(local)}")
+        if name in RULER_TASKS:
+            out[name] = ruler_source(name)
+            continue
+        path, config = builtin_dataset(name)
+        revision, why = cached_revision(path, config)
+        if revision:
+            out[name] = TaskSource(name, f"{path} (HF datasets cache, revision {revision})",
+                                   {"dataset": path, "config": config, "revision": revision})
+        elif name in FALLBACKS:
+            stand_in = mini[FALLBACKS[name]]
+            out[name] = TaskSource(stand_in.spec, f"FALLBACK: {path} is not in the local HF datasets cache; ran "
+                                                  f"{FALLBACKS[name]} from {stand_in.source}", stand_in.provenance)
+        else:
+            raise UsageError(f"--tasks: {name}'s dataset {path!r} is not in the local HF datasets cache ({why}); "
+                             f"fill the cache on a machine with network: python tools/fill_hf_cache.py --tasks {name}")
+    return out
+
+
+def ruler_source(name):
+    """A RULER task's TaskSource: generated offline, or from its dataset in the local HF cache."""
+    if importlib.util.find_spec("wonderwords") is None:   # lm-eval's RULER samplers import it
+        raise UsageError(f"--tasks: {name} needs the Python package wonderwords, which is not installed; install "
+                         "it with: pip install -e '.[eval]'")
+    if name in RULER_OFFLINE:
+        return TaskSource(name, "generated by lm-eval's RULER (offline)", {"seeds": list(RULER_SEEDS)})
+    path, offline = RULER_DATA[name], f"allowed offline: {', '.join(RULER_OFFLINE)}"
+    if path is None:
+        raise UsageError(f"--tasks: {name} needs data that lm-eval downloads from the web at run time (its questions), "
+                         f"never from the HF cache; {offline}")
+    revision, why = cached_revision(path, None)
+    if not revision:
+        raise UsageError(f"--tasks: {name} needs data from the HF cache: the dataset {path!r} is not in the local HF "
+                         f"datasets cache ({why}); {offline}")
+    return TaskSource(name, f"generated by lm-eval's RULER from {path} (HF datasets cache, revision {revision})",
+                      {"dataset": path, "revision": revision, "seeds": list(RULER_SEEDS)})
+
+
+def _number(value):
+    """lm-eval reports "N/A" for a stderr it cannot compute (one item)."""
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _docs_sha256(docs):
+    return hashlib.sha256(json.dumps([dict(d) for d in docs], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _load(task, lm, ruler_length):
+    """(name, lm-eval task object); a RULER task's documents are built here, at one length, after fixed seeds."""
+    import numpy as np
+    from lm_eval.tasks import TaskManager
+
+    if task.spec in RULER_TASKS:
+        manager = TaskManager(metadata={"tokenizer": lm.spec.path, "max_seq_lengths": [ruler_length]})
+        random.seed(RULER_SEEDS[0])
+        np.random.seed(RULER_SEEDS[1])
+    else:
+        manager = builtin_tasks() if isinstance(task.spec, str) else TaskManager(include_defaults=False)
+    (name, task_obj), = manager.load(task.spec)["tasks"].items()
+    return name, task_obj
+
+
+def _choice_items(samples):
+    return [{"doc_id": s["doc_id"], "target": s["target"], "loglik": [float(r[0]) for r in s["filtered_resps"]],
+             "acc": s["acc"], "acc_norm": s["acc_norm"]} for s in samples]
+
+
+def _ruler_items(samples, length):
+    return [{"doc_id": s["doc_id"], "target": s["target"], "response": s["filtered_resps"][0],
+             "score": s[str(length)], "correct": s[str(length)] == 1} for s in samples]
+
+
+def evaluate(lm, task, fewshot, limit, batch_size, ruler_length=None):
+    """Multiple choice: acc/acc_norm with stderr and per-item log-likelihoods. RULER (at `ruler_length` tokens,
+    0 shots): the mean score, and per item the greedy answer, its score and whether it is fully right. Both:
+    n of n available and provenance. lm-eval's own default seeds are kept, so a direct `simple_evaluate` call
+    reproduces a cell."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    t0 = time.perf_counter()
+    ruler = task.spec in RULER_TASKS
+    if ruler and (fewshot != 0 or not ruler_length):
+        raise UsageError(f"{task.spec}: a RULER task runs at 0 shots and one length; got fewshot {fewshot}, "
+                         f"length {ruler_length}")
+    name, task_obj = _load(task, lm, ruler_length)
+    docs = list(task_obj.eval_docs)
+    n = len(docs) if limit is None else min(limit, len(docs))
+    model = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size)
+    out = lm_eval.simple_evaluate(model=model, tasks=[task_obj], num_fewshot=fewshot, limit=limit,
+                                  log_samples=True)
+    res = out["results"][name]
+    samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
+    if ruler:   # lm-eval names the metric by the length
+        scores = {"score": _number(res[f"{ruler_length},none"]),
+                  "score_stderr": _number(res.get(f"{ruler_length}_stderr,none")), "length": ruler_length}
+        per_item = _ruler_items(samples, ruler_length)
+    else:
+        scores = {k: _number(res[f"{k},none"]) for m in CHOICE.names for k in (m, f"{m}_stderr")}
+        per_item = _choice_items(samples)
+    split = task_obj.config.test_split or task_obj.config.validation_split
+    return {"task": name, "source": task.source, "fewshot": fewshot, "limit": limit, "n": len(per_item),
+            "n_available": len(docs), "split": split,
+            "data": {**task.provenance, "docs_sha256": _docs_sha256(docs[:n])}, **scores,
+            "lm_eval": importlib.metadata.version("lm_eval"), "seconds": time.perf_counter() - t0,
+            "items": per_item}
+
+
+class Lmeval(Suite):
+    marker = job = "lmeval"
+    description = "lm-evaluation-harness tasks, through the real harness"
+    options = (("--tasks", "lmeval.tasks", "strs", "lmeval: comma-separated tasks, e.g. piqa,hellaswag"),
+               ("--limit", "lmeval.limit", "limit", "lmeval: first N documents per task, or all"),
+               ("--fewshot", "lmeval.fewshot", "ints", "lmeval: few-shot counts, each its own cell, e.g. 0,1"),
+               ("--tasks-path", "lmeval.tasks_path", "str", "lmeval: a folder of your own task YAMLs (searched "
+                                                            "recursively)"),
+               ("--lmeval-ruler-length", "lmeval.ruler_length", "int", "lmeval: tokens of each RULER task's prompts "
+                                                                       "and answer (niah_single_1, ruler_vt, ...; one "
+                                                                       "length per run)"))
+    needs_weights = True
+    settings = ("lmeval.limit", "lmeval.batch_size", "lmeval.tasks_path", "lmeval.ruler_length")
+    compare_keys = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "score", "score_stderr", "length", "n", "fewshot",
+                    "source")
+
+    def ids(self, g):
+        return [(f"{t}-{k}shot", {"task": t, "fewshot": k}) for t in g["tasks"] for k in g["fewshot"]]
+
+    def validate(self, g):
+        limit = g["limit"]
+        if limit != "all" and (not isinstance(limit, int) or limit < 1):
+            raise UsageError(f"--limit: {limit!r} is not allowed; it must be an integer >= 1 or 'all'")
+        if not g["tasks"] or any(k < 0 for k in g["fewshot"]) or not g["fewshot"]:
+            raise UsageError(f"--tasks/--fewshot: {g['tasks']}/{g['fewshot']} is not allowed; "
+                             "give at least one task and few-shot counts >= 0")
+        ruler = [t for t in g["tasks"] if t in RULER_TASKS]
+        if ruler and g["fewshot"] != [0]:
+            raise UsageError(f"--fewshot: {','.join(map(str, g['fewshot']))} is not allowed with the RULER "
+                             f"task(s) {', '.join(ruler)}; allowed: --fewshot 0")
+        length = g.get("ruler_length")
+        if ruler and (not isinstance(length, int) or length < RULER_MIN_LENGTH):
+            raise UsageError(f"--lmeval-ruler-length: {length!r} is not allowed; it must be an integer >= "
+                             f"{RULER_MIN_LENGTH} (a RULER prompt's template and its 128 answer tokens must fit)")
+        if g["tasks_path"] and not os.path.isdir(g["tasks_path"]):
+            raise UsageError(f"--tasks-path: {g['tasks_path']!r} is not a folder")
+
+    def longest(self, g):   # a RULER prompt and its answer
+        return {"--lmeval-ruler-length": g["ruler_length"]} if any(t in RULER_TASKS for t in g["tasks"]) else {}
+
+    def prepare(self, cfg, spec, tokenizer, device):
+        """{task name: TaskSource}: the data each requested task reads."""
+        return resolve_tasks(cfg["lmeval"]["tasks"], cfg["lmeval"]["tasks_path"])
+
+    def inputs(self, cfg, tasks):
+        return [f"lmeval {name}: {t.source}" for name, t in tasks.items()]
+
+    def measure(self, cell, run, lm, clock, meter):
+        from gcompress_bench.measure.cell import run_cell
+        g = run.cfg["lmeval"]
+        limit = None if g["limit"] == "all" else g["limit"]
+        rec = run_cell(evaluate, lm.device, lm=lm, task=run.state["lmeval"][cell.params["task"]],
+                       fewshot=cell.params["fewshot"], limit=limit, batch_size=g["batch_size"],
+                       ruler_length=g.get("ruler_length"))
+        assert rec["status"] != "ok" or 1 <= rec["n"] == min(limit or rec["n_available"], rec["n_available"])
+        return rec
+
+    def progress(self, rec):
+        m = metrics(rec).names[0]   # acc, or a RULER task's score
+        return f" {m} {plus_minus(rec[m], rec[m + '_stderr'], 3)} n={rec['n']} ({rec['source']})"
+
+    def markdown(self, s, rows):
+        ruler = [(cid, c) for cid, c in rows if metrics(c) is RULER]
+        return table("lmeval", ["acc ± stderr", "acc_norm ± stderr", "n of available", "shots", "data",
+                                "docs sha256", "s"], [r for r in rows if r not in ruler],
+                     dash_unless_ok(7, lambda c: [plus_minus(c["acc"], c["acc_stderr"]),
+                                                  plus_minus(c["acc_norm"], c["acc_norm_stderr"]),
+                                                  f"{c['n']} of {c.get('n_available', '?')}", str(c["fewshot"]),
+                                                  data_source(c), c.get("data", {}).get("docs_sha256", "—")[:12],
+                                                  f"{c['seconds']:.1f}"])) + \
+            table("lmeval RULER (score: share of the gold strings a greedy answer holds, 0 shots)",
+                  ["score ± stderr", "n of available", "length", "data", "docs sha256", "s"], ruler,
+                  dash_unless_ok(6, lambda c: [plus_minus(c["score"], c["score_stderr"]),
+                                               f"{c['n']} of {c['n_available']}", str(c["length"]),
+                                               data_source(c), c["data"]["docs_sha256"][:12],
+                                               f"{c['seconds']:.1f}"]))
+
+
+register(Lmeval())

@@ -1,0 +1,101 @@
+"""Perplexity over fixed token windows (the same windows for every variant)."""
+import hashlib
+import math
+import os
+import time
+
+from gcompress_bench import UsageError
+from gcompress_bench.corpus import check_corpus, load_corpus
+from gcompress_bench.suites import Suite, register
+from gcompress_bench.suites.tables import dash_unless_ok, table
+
+
+def windows(n_tokens, seq_len, stride=None):
+    """(begin, end, first scored position) per window; a stride < seq_len gives sliding windows whose
+    overlap is context only, so every token is scored exactly once."""
+    stride = stride or seq_len
+    out, scored_to = [], 0
+    for begin in range(0, max(n_tokens - 1, 1), stride):
+        end = min(begin + seq_len, n_tokens)
+        if end - begin < 2:
+            break
+        out.append((begin, end, max(scored_to, begin + 1) - begin))
+        scored_to = end
+        if end == n_tokens:
+            break
+    return out
+
+
+def perplexity(model, ids, seq_len, stride=None):
+    """exp(mean NLL) of ids[1:] given their prefixes within each window."""
+    import torch
+    nll, count = 0.0, 0
+    device = next(model.parameters()).device
+    spans = windows(len(ids), seq_len, stride)
+    with torch.inference_mode():
+        for begin, end, first in spans:
+            chunk = ids[begin:end][None].to(device)
+            logits = model(input_ids=chunk, use_cache=False).logits[0, :-1].float()
+            losses = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none")
+            nll += losses[first - 1:].double().sum().item()
+            count += len(losses) - (first - 1)
+    return {"ppl": math.exp(nll / count), "nll": nll / count, "tokens": count, "windows": len(spans),
+            "window_starts": [b for b, _, _ in spans]}
+
+
+def evaluate(lm, corpus, seq_len, stride):
+    """The ppl cell: same text, same tokenizer, same windows for every variant."""
+    text, source = load_corpus(corpus)
+    ids = lm.tokenizer(text, return_tensors="pt").input_ids[0]
+    t0 = time.perf_counter()
+    out = perplexity(lm.model, ids, seq_len, stride)
+    return {**out, "dataset": source, "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "seq_len": seq_len, "stride": stride, "seconds": time.perf_counter() - t0}
+
+
+class Ppl(Suite):
+    marker = job = "ppl"
+    description = "perplexity over fixed token windows"
+    options = (("--ppl-corpus", "ppl.corpus", "str", "ppl: auto (WikiText-2 test if cached, else data/tiny_corpus.txt) "
+                                                    "or a text file"),
+               ("--ppl-seq-len", "ppl.seq_len", "int", "ppl: tokens per window"),
+               ("--ppl-stride", "ppl.stride", "int", "ppl: window stride (< seq len: sliding windows)"))
+    needs_weights = True
+    settings = ("ppl.corpus", "ppl.seq_len", "ppl.stride")
+    compare_keys = ("ppl", "nll", "tokens", "windows", "dataset")
+
+    def ids(self, g):
+        return [(f"S{g['seq_len']}" + (f"-stride{g['stride']}" if g["stride"] else ""), dict(g))]
+
+    def validate(self, g):
+        if g["seq_len"] < 2 or (g["stride"] is not None and not 1 <= g["stride"] <= g["seq_len"]):
+            raise UsageError(f"--ppl-seq-len/--ppl-stride: {g['seq_len']}/{g['stride']} is not allowed; "
+                             "seq len >= 2 and 1 <= stride <= seq len")
+        if g["corpus"] not in ("auto", "wikitext2") and not os.path.isfile(g["corpus"]):
+            raise UsageError(f"--ppl-corpus: {g['corpus']!r} is not a file; allowed: auto, wikitext2, or a text file")
+
+    def longest(self, g):
+        return {"--ppl-seq-len": g["seq_len"]}
+
+    def prepare(self, cfg, spec, tokenizer, device):
+        check_corpus(cfg["ppl"]["corpus"], tokenizer, cfg["ppl"]["seq_len"])
+
+    def inputs(self, cfg, state):
+        return [f"ppl corpus: {load_corpus(cfg['ppl']['corpus'])[1]}"]
+
+    def measure(self, cell, run, lm, clock, meter):
+        from gcompress_bench.measure.cell import run_cell
+        return run_cell(evaluate, lm.device, lm=lm, corpus=cell.params["corpus"], seq_len=cell.params["seq_len"],
+                        stride=cell.params["stride"])
+
+    def progress(self, rec):
+        return f" ppl {rec['ppl']:.3f} over {rec['tokens']} tokens ({rec['dataset']})"
+
+    def markdown(self, s, rows):
+        return table("ppl", ["perplexity", "mean NLL", "tokens", "windows", "dataset", "sha256", "s"], rows,
+                     dash_unless_ok(7, lambda c: [f"{c['ppl']:.4f}", f"{c['nll']:.4f}", str(c["tokens"]),
+                                                  str(c["windows"]), c["dataset"], c["sha256"][:12],
+                                                  f"{c['seconds']:.1f}"]))
+
+
+register(Ppl())
