@@ -6,8 +6,8 @@
 #     [--exp-group G] [--results-root DIR] [--reports-root DIR] [--no-gpu] [--shards N] [--tasks T] [--limit N]
 #     [--variants baseline,palu,asvd] [--suites infer_sweep,ppl,lmeval] [--job-args "CLI options"]
 #     [-- extra sbatch arguments]
-# --variants takes baseline and any registered method, plug-ins named in GCOMPRESS_METHODS included (the jobs
-# inherit the environment). --job-args passes further llm_run/llm_eval options to every job, e.g.
+# --variants takes baseline and any registered method, plug-ins named in GCOMPRESS_METHODS included, and --suites
+# any registered job, plug-ins named in GCOMPRESS_SUITES included (the jobs inherit the environment). --job-args passes further llm_run/llm_eval options to every job, e.g.
 # "--align-policy round:32 --asvd-ratio 0.85 --trials 1". Before anything is submitted, each non-baseline variant's
 # jobs are checked offline with --check-only (baseline's when it is the only variant).
 set -uo pipefail
@@ -46,10 +46,20 @@ words vlist "$variants"; words slist "$suites"
 py=${GC_VENV:-$repo/.venv}/bin/python
 [ -x "$py" ] || py=python3
 pypath="$repo/src:$repo${PYTHONPATH:+:$PYTHONPATH}"   # the package and plug-in modules, found as in the jobs
-# The registered methods, plug-ins from GCOMPRESS_METHODS included: what the jobs' CLIs accept as --variant.
-registry=$(cd "$repo" && PYTHONPATH=$pypath "$py" -c 'from gcompress_bench import methods; print(" ".join(methods.load()))' 2>&1) \
-  || usage "--variants: cannot list the registered methods (GCOMPRESS_METHODS='${GCOMPRESS_METHODS:-}'): ${registry##*$'\n'}"
-read -r -a registry <<<"${registry##*$'\n'}"   # the last line: the names
+# The registered methods and suites, plug-ins from GCOMPRESS_METHODS / GCOMPRESS_SUITES included: what the jobs'
+# CLI accepts as --variant and --suite, and each job's pytest markers.
+registry=$(cd "$repo" && PYTHONPATH=$pypath "$py" -c 'import sys
+from gcompress_bench import UsageError, methods, suites
+try:
+    print(" ".join(methods.load()), "|", " ".join(j + "=" + ",".join(m) for j, m in suites.jobs().items()))
+except UsageError as e:
+    sys.exit(str(e))' 2>&1) \
+  || usage "--variants: cannot list the registered methods and suites (GCOMPRESS_METHODS='${GCOMPRESS_METHODS:-}', GCOMPRESS_SUITES='${GCOMPRESS_SUITES:-}'): ${registry##*$'\n'}"
+registry=${registry##*$'\n'}   # the last line: methods | job=markers ...
+read -r -a jobs <<<"${registry#*|}"
+read -r -a registry <<<"${registry%%|*}"
+declare -A job_markers=(); suites_allowed=""
+for j in "${jobs[@]}"; do job_markers[${j%%=*}]=${j#*=}; suites_allowed+="${suites_allowed:+, }${j%%=*}"; done
 declare -A known=() seen=(); allowed=""
 for m in "${registry[@]}"; do known[$m]=1; allowed+="${allowed:+, }$m"; done
 for v in "${vlist[@]}"; do
@@ -58,7 +68,7 @@ for v in "${vlist[@]}"; do
   seen[v:$v]=1
 done
 for s in "${slist[@]}"; do
-  case "$s" in infer_sweep|ppl|lmeval|longctx) ;; *) usage "--suites: unknown suite '$s'; allowed: infer_sweep, ppl, lmeval, longctx" ;; esac
+  [ -n "${job_markers[$s]:-}" ] || usage "--suites: unknown suite '$s'; allowed: $suites_allowed"
   [ -z "${seen[s:$s]:-}" ] || usage "--suites: '$s' is given twice; allowed: each suite once"
   seen[s:$s]=1
 done
@@ -69,7 +79,7 @@ fi
 # offline and before anything is submitted: a bad value costs seconds, not a night. One --check-only session per
 # method of the night (each checks all that baseline does, and its own options); baseline's alone when it is the
 # only variant.
-markers=$(IFS=,; sed -e 's/infer_sweep/prefill,decode/' -e 's/,/ or /g' <<<"${slist[*]}")
+markers=""; for s in "${slist[@]}"; do markers+="${markers:+,}${job_markers[$s]}"; done; markers=${markers//,/ or }
 checked=()
 for v in "${vlist[@]}"; do [ "$v" = baseline ] || checked+=("$v"); done
 [ ${#checked[@]} -gt 0 ] || checked=(baseline)

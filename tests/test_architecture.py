@@ -8,14 +8,14 @@ PKG = REPO / "src" / "gcompress_bench"
 # lowest first; a module may import its own layer and the ones below
 LAYERS = [
     {"gcompress_bench", "gcompress_bench.fmt", "gcompress_bench.cache", "gcompress_bench.corpus",
-     "gcompress_bench.dimtable"},
+     "gcompress_bench.dimtable", "gcompress_bench.registry"},
     {"gcompress_bench.models"},
     {"gcompress_bench.measure"},
     {"gcompress_bench.methods"},
     {"gcompress_bench.suites"},
     {"gcompress_bench.results"},
     {"gcompress_bench.config"},
-    {"gcompress_bench.cli", "gcompress_bench.llm_run", "gcompress_bench.llm_eval"},
+    {"gcompress_bench.cli", "gcompress_bench.llm_run", "gcompress_bench.llm_eval", "gcompress_bench.__main__"},
 ]
 
 

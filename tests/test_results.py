@@ -3,7 +3,7 @@ import json
 import pytest
 
 from gcompress_bench import UsageError
-from gcompress_bench.results.store import RawLog, ResultsError, create_run_dir, read_json
+from gcompress_bench.results.store import RawLog, ResultsError, create_run_dir, load_raw, read_json
 
 
 def test_run_dir_is_never_reused(tmp_path):
@@ -22,13 +22,43 @@ def test_unwritable_root_is_a_usage_error(tmp_path):
         create_run_dir(blocker / "sub", "g", "r", explicit=False)
 
 
-def test_raw_log_is_complete_after_each_cell(tmp_path):
+def test_raw_log_is_complete_after_each_cell_and_appends_one_line_per_cell(tmp_path):
     log = RawLog(tmp_path, {"run_id": "r"})
+    raw_json = (tmp_path / "raw.json").read_text()
     for i in range(3):
         log.add(f"c{i}", {"status": "ok", "i": i})
-        on_disk = json.loads((tmp_path / "raw.json").read_text())
-        assert list(on_disk["cells"]) == [f"c{j}" for j in range(i + 1)]
-    assert not list(tmp_path.glob(".raw.json.tmp*"))
+        assert list(load_raw(tmp_path)["cells"]) == [f"c{j}" for j in range(i + 1)]
+        # a cell costs one appended line, not a rewrite of everything before it
+        assert (tmp_path / "raw.json").read_text() == raw_json
+        assert len((tmp_path / "cells.jsonl").read_text().splitlines()) == i + 1
+    log.set(model_facts={"parameters": 7})
+    assert load_raw(tmp_path)["model_facts"] == {"parameters": 7} and len(load_raw(tmp_path)["cells"]) == 3
+    log.finish()   # the run's end: one self-contained raw.json, as every reader knows it
+    assert json.loads((tmp_path / "raw.json").read_text())["cells"] == {f"c{i}": {"status": "ok", "i": i}
+                                                                       for i in range(3)}
+    assert not (tmp_path / "cells.jsonl").exists() and not list(tmp_path.glob(".raw.json.tmp*"))
+
+
+def test_a_record_that_is_not_strict_json_is_refused_and_jams_nothing(tmp_path):
+    log = RawLog(tmp_path, {"run_id": "r"})
+    log.add("c0", {"status": "ok"})
+    with pytest.raises(ValueError, match=r"raw log: refused a record that is not strict JSON .*\['record.p50'\]"):
+        log.add("c1", {"status": "ok", "p50": float("nan")})
+    with pytest.raises(ValueError, match=r"not strict JSON .*\['facts.x'\]"):
+        log.set(facts={"x": float("inf")})
+    log.add("c2", {"status": "ok"})   # later writes still work, and nothing refused reached the log
+    log.finish()
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    assert list(raw["cells"]) == ["c0", "c2"] and "facts" not in raw
+
+
+def test_a_killed_runs_cells_are_read_from_its_cell_log_and_a_torn_line_is_left_out(tmp_path):
+    log = RawLog(tmp_path, {"run_id": "r", "variant": "baseline", "model": "m", "timer": "host"})
+    log.add("c0", {"status": "ok", "i": 0})
+    log.add("c1", {"status": "ok", "i": 1})
+    with open(tmp_path / "cells.jsonl", "a") as f:
+        f.write('{"cell": "c2", "rec')   # killed mid-write
+    assert load_raw(tmp_path)["cells"] == {"c0": {"status": "ok", "i": 0}, "c1": {"status": "ok", "i": 1}}
 
 
 def test_corrupt_json_names_the_file(tmp_path):

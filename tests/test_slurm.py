@@ -6,6 +6,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from datetime import datetime
 from itertools import product
@@ -179,7 +180,7 @@ def test_a_plugin_night_runs_and_is_reported_against_baseline(slurm, tmp_path):
     (["--variants", "baseline,mlpprune"], "--variants: unknown variant 'mlpprune'; allowed: baseline, palu, asvd, prune"),
     (["--variants", "palu,baseline,palu"], "--variants: 'palu' is given twice; allowed: each variant once"),
     (["--variants", ","], "--variants and --suites need at least one value each"),
-    (["--suites", "ppl,bleu"], "--suites: unknown suite 'bleu'; allowed: infer_sweep, ppl, lmeval, longctx"),
+    (["--suites", "ppl,bleu"], "--suites: unknown suite 'bleu'; allowed: infer_sweep, ppl, lmeval, longctx, dims"),
     (["--profile"], "--profile needs a value; see the header of"),
     (["--exp-group", "--dry-run"], "--exp-group needs a value"),
     (["--profile", "huge"], "the palu jobs would stop at once: gcompress-bench: --profile: unknown profile 'huge'; "
@@ -298,8 +299,9 @@ def test_a_plugin_method_needs_no_edit_in_slurm(tmp_path):
     (["--variants", "baseline,palu asvd"], {},
      "--variants: unknown variant 'palu asvd'; allowed: baseline, palu, asvd, prune"),
     (["--variants", "baseline,mlpprune"], {"GCOMPRESS_METHODS": "tests.plugins.no_such_method"},
-     "--variants: cannot list the registered methods (GCOMPRESS_METHODS='tests.plugins.no_such_method'): "
-     "ModuleNotFoundError: No module named 'tests.plugins.no_such_method'"),
+     "--variants: cannot list the registered methods and suites (GCOMPRESS_METHODS='tests.plugins.no_such_method', "
+     "GCOMPRESS_SUITES=''): GCOMPRESS_METHODS: cannot import 'tests.plugins.no_such_method' (No module named "
+     "'tests.plugins.no_such_method'); allowed: importable module names, comma-separated"),
     (["--variants", "baseline,mlpprune", "--job-args", "--mlpprune-keep 1.5"], PLUGIN,
      "the mlpprune jobs would stop at once: gcompress-bench: --mlpprune-keep: 1.5 is not allowed; it must be in "
      "(0, 1]"),
@@ -350,7 +352,7 @@ def test_job_script_takes_both_spellings_and_forwards_every_other_option(stand_i
                                  "--check-only", "--seed", "-1", "--prefill-batch=1,2", "--tasks", "piqa",
                                  "--", "--trials", "1")
     assert re.fullmatch(r"run_llm.sbatch: job none array none/none on \S+: palu ppl -> R/G/I", head)
-    assert argv == ["-m", "gcompress_bench.llm_eval", "--variant", "palu", "--suite", "ppl", "--results-root", "R",
+    assert argv == ["-m", "gcompress_bench", "run", "--variant", "palu", "--suite", "ppl", "--results-root", "R",
                     "--exp-group", "G", "--run-id", "I", "--palu-group-size", "3", "--check-only", "--seed", "-1",
                     "--prefill-batch=1,2", "--tasks", "piqa", "--trials", "1"]
 
@@ -359,7 +361,7 @@ def test_job_script_passes_any_variant_a_bare_last_flag_and_its_shard(stand_in_p
     head, argv = stand_in_python("--variant", "mlpprune", "--suite", "infer_sweep", "--run-id", "I", "--shards", "4",
                                  "--mlpprune-keep", "0.8", "--check-only", SLURM_ARRAY_TASK_ID="3")
     assert head.endswith(": mlpprune infer_sweep -> results/default/I-shard3")
-    assert argv == ["-m", "gcompress_bench.llm_run", "--variant", "mlpprune", "--suite", "infer_sweep",
+    assert argv == ["-m", "gcompress_bench", "run", "--variant", "mlpprune", "--suite", "infer_sweep",
                     "--results-root", "results", "--exp-group", "default", "--run-id", "I-shard3", "--shard", "3/4",
                     "--mlpprune-keep", "0.8", "--check-only"]
 
@@ -371,8 +373,8 @@ def test_job_script_rejects_bad_input_before_loading_anything(tmp_path):
         (["--variant", "", "--suite", "ppl"], "--variant needs a value"),
         (["--variant=", "--suite", "ppl"], "--variant needs a value"),
         (["--variant", "palu", "--suite", "ppl", "--run_id", "--check-only"], "--run_id needs a value"),
-        (["--variant", "palu", "--suite", "bleu"],
-         "--suite: unknown value 'bleu'; allowed: infer_sweep, ppl, lmeval, longctx"),
+        (["--variant", "palu"], "--suite is missing; allowed: a registered job (infer_sweep, ppl, lmeval, longctx, dims, "
+                                "or a plug-in's)"),
         (["--variant", "palu", "--suite", "ppl", "--shards", "-1"], "--shards: '-1' is not allowed; allowed: a "
                                                                      "positive integer"),
         (["--variant", "palu", "--suite", "ppl", "stray"], "unexpected argument 'stray'; allowed: options as --name "
@@ -393,15 +395,73 @@ def test_job_script_rejects_bad_input_before_loading_anything(tmp_path):
 
 @pytest.mark.parametrize("args, line", [
     (["--variant", "x"], "gcompress-bench: --variant: unknown value 'x'; allowed: baseline, palu, asvd, prune, mlpprune"),
+    (["--variant", "palu", "--suite", "bleu"], "gcompress-bench run: --suite: unknown suite 'bleu'; allowed: infer_sweep, "
+                                               "ppl, lmeval, longctx, dims"),
     (["--variant", "mlpprune", "--mlpprune-keep", "1.5"],
      "gcompress-bench: --mlpprune-keep: 1.5 is not allowed; it must be in (0, 1]"),
 ])
 def test_job_script_leaves_the_variant_and_method_options_to_the_cli(tmp_path, args, line):
     """The real CLI behind the job script, with a plug-in registered: it names a bad variant or option value in
     one stderr line (the job's .err log), exit 2, nothing written, under both spellings of the script's flags."""
-    proc = subprocess.run(["bash", str(JOB), *args, "--suite", "ppl", "--results_root", str(tmp_path / "r"),
+    suite = [] if "--suite" in args else ["--suite", "ppl"]
+    proc = subprocess.run(["bash", str(JOB), *args, *suite, "--results_root", str(tmp_path / "r"),
                            "--run_id", "i", "--exp-group", "g", "--model", "smollm2-135m", "--profile", "quick"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300,
                           env={**os.environ, "GC_REPO": str(REPO), **PLUGIN})
     assert (proc.returncode, proc.stderr) == (2, line + "\n")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_plug_in_suite_runs_end_to_end_with_no_edit_elsewhere(tmp_path):
+    """tests/plugins/toy_suite.py registers the `entropy` suite from outside the package: its option joins the
+    CLI, its cells run, its summary table, progress line and comparison table appear, the night launcher takes it
+    as a job, and nothing in the package, fixtures, benchmarks or slurm names it."""
+    import numpy as np
+    from scipy.special import logsumexp
+
+    from gcompress_bench import models
+    from gcompress_bench.config import resolve
+
+    plug = {"GCOMPRESS_SUITES": "tests.plugins.toy_suite", "GCOMPRESS_METHODS": "tests.plugins.toy_method"}
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'src'}", **plug}
+    root = tmp_path / "res"
+    for variant, extra in (("baseline", []), ("mlpprune", ["--mlpprune-keep", "0.5"])):
+        proc = subprocess.run([sys.executable, "-m", "gcompress_bench", "run", "--suite", "entropy", "--variant", variant,
+                               *extra, "--entropy-lengths", "8,16", "--out", str(root), "--exp-group", "g", "--run-id",
+                               variant], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert re.search(r"\[2/2\] test_entropy\[L16\] ok entropy \d+\.\d{3} nats over 16 tokens", proc.stdout)
+    raw = json.loads((root / "g/baseline/raw.json").read_text())
+    assert list(raw["cells"]) == ["test_entropy[L8]", "test_entropy[L16]"]
+    # the entropy of the first cell, recomputed here from the model's logits with scipy
+    import torch
+    spec = models.resolve("smollm2-135m", resolve({})["models"])
+    lm = models.load(spec, "float32", torch.device("cpu"))
+    ids = torch.randint(0, spec.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(1234))
+    with torch.inference_mode():
+        logits = lm.model(input_ids=ids, use_cache=False).logits[0].double().numpy()
+    logp = logits - logsumexp(logits, axis=-1, keepdims=True)
+    assert raw["cells"]["test_entropy[L8]"]["entropy"] == pytest.approx(float(-(np.exp(logp) * logp).sum(-1).mean()),
+                                                                       rel=1e-9)
+    assert "## entropy (nats per next token)" in (root / "g/baseline/run_summary.md").read_text()
+    proc = subprocess.run([sys.executable, "-m", "gcompress_bench", "compare", "--exp-group", "g", "--results-root",
+                           str(root), "--out", str(tmp_path / "rep")], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "rep/report.md").read_text()
+    mlp = json.loads((root / "g/mlpprune/raw.json").read_text())["cells"]["test_entropy[L8]"]["entropy"]
+    assert (f"| test_entropy[L8] | {raw['cells']['test_entropy[L8]']['entropy']} | 8 | {mlp} | 8 |") in md
+    proc = subprocess.run([sys.executable, "-m", "gcompress_bench", "run", "--suite", "entropy", "--entropy-lengths",
+                           "0", "--out", str(root)], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert (proc.returncode, proc.stderr.splitlines()[-1]) == (
+        2, "gcompress-bench: --entropy-lengths: [0] is not allowed; values must be positive integers")
+    night = tmp_path / "night"
+    night.mkdir()
+    _, cmds = dry_night(night, "--variants", "baseline,mlpprune", "--suites", "entropy", "--no-gpu",
+                        env_extra={"PYTHONPATH": str(REPO), **plug})
+    assert [job_args(c)[:4] for c in cmds[:2]] == [["--variant", v, "--suite", "entropy"] for v in ("baseline",
+                                                                                                   "mlpprune")]
+    named = subprocess.run(["grep", "-rlw", "--exclude=*.pyc", "entropy", "src", "fixtures", "benchmarks", "slurm"], cwd=REPO,
+                           capture_output=True, text=True).stdout.split()
+    assert named == []

@@ -6,41 +6,18 @@ dims (ranks, widths) hands them to the run's alignment policy (align.py, `--alig
 `default_align` is what the policy `method` means for it.
 
 A method is named in one place, its registration: `register(...)` at the end of its module. The
-built-in modules are listed in BUILTIN; more are imported from the comma-separated module names in
-GCOMPRESS_METHODS (what a plug-in package or a test sets), before any option is read.
+built-in modules are listed below; more are imported from the comma-separated module names in
+GCOMPRESS_METHODS (what a test sets) and the `gcompress_bench.methods` entry point group, before any option is read.
 """
-import importlib
-import os
-from importlib.metadata import entry_points
 
 from gcompress_bench import UsageError
 from gcompress_bench.methods.base import CompressionFailed, Method, Option  # noqa: F401 (the plug-in API)
+from gcompress_bench.registry import Registry
 
-BUILTIN = ("gcompress_bench.methods.palu", "gcompress_bench.methods.asvd", "gcompress_bench.methods.prune")
-REGISTRY = {}
-
-
-def register(method):
-    if method.name in REGISTRY and type(REGISTRY[method.name]) is not type(method):
-        raise ValueError(f"two methods named {method.name!r}: {type(REGISTRY[method.name])} and {type(method)}")
-    REGISTRY[method.name] = method
-    return method
-
-
-def load():
-    """Import every method module (idempotent); returns the registry: baseline, the built-ins in BUILTIN's
-    order, then the plug-ins (GCOMPRESS_METHODS, then the `gcompress_bench.methods` entry point group),
-    whatever order the modules were first imported in."""
-    modules = BUILTIN + tuple(m for m in os.environ.get("GCOMPRESS_METHODS", "").split(",") if m)
-    for module in modules:
-        importlib.import_module(module)
-    for ep in entry_points(group="gcompress_bench.methods"):
-        ep.load()
-    rank = {__name__: -1, "gcompress_bench.methods.base": -1, **{m: i for i, m in enumerate(modules)}}
-    ordered = sorted(REGISTRY.values(), key=lambda m: rank.get(type(m).__module__, len(rank)))
-    REGISTRY.clear()
-    REGISTRY.update((m.name, m) for m in ordered)
-    return REGISTRY
+REGISTRY = Registry("method", "name", ("gcompress_bench.methods.palu", "gcompress_bench.methods.asvd",
+                                       "gcompress_bench.methods.prune"), "GCOMPRESS_METHODS", "gcompress_bench.methods",
+                    first=("gcompress_bench.methods.base",))
+register, load = REGISTRY.register, REGISTRY.load
 
 
 def get(name):

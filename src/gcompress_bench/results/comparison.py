@@ -9,7 +9,8 @@ from gcompress_bench.fmt import fmt_mib
 from gcompress_bench.measure import ops
 from gcompress_bench.results import paired as paired_test
 from gcompress_bench.results import plots, report
-from gcompress_bench.results.store import ResultsError, read_json, write_json
+from gcompress_bench.results.report import build_summary
+from gcompress_bench.results.store import ResultsError, load_raw, read_json, write_json
 from gcompress_bench.suites import SUITES, lmeval, tables
 
 ENV_KEYS = ("gpu", "gpu_count", "driver", "cuda", "torch", "transformers", "lm_eval", "host", "cpu")
@@ -53,7 +54,7 @@ def load_side(label, run_dirs):
     side = {"label": label, "runs": [], "cells": {}, "raw": {}, "envs": [], "variant": None, "facts": None}
     for d in map(Path, run_dirs):
         s = report.build_summary(d)
-        raw = read_json(d / "raw.json")["cells"]
+        raw = load_raw(d)["cells"]
         for cid, cell in s["cells"].items():
             if side["cells"].get(cid, {}).get("status") == "ok" and cell["status"] != "ok":
                 continue   # a finished copy of a cell (e.g. from a re-run shard) wins over a failed one
@@ -476,3 +477,29 @@ def write(reference_dirs, candidates, out, cell=None, jobs="", skipped=()):
     md = markdown(rep).replace("\n\nRuns:", f"\n\n{jobs}\nRuns:", 1) if jobs else markdown(rep)
     (out / "report.md").write_text(md + "\n" + "\n".join(f"![{n}]({n})" for n in rep["plots"]) + "\n")
     return rep
+
+
+def runs_of_group(root, group):
+    """(reference dirs, {label: dirs}, skipped): every readable run dir of a group, grouped by method and
+    method options; the unreadable ones with why: one corrupt run dir must not take the report down."""
+    columns, bad = {}, []
+    for run in sorted(p for p in Path(root, group).iterdir() if p.is_dir()) if Path(root, group).is_dir() else []:
+        try:
+            build_summary(run)
+            cfg = read_json(run / "config.json")
+        except ResultsError as e:
+            bad.append(f"skipped run dir {run}: {e}")
+            continue
+        columns.setdefault(methods.label(cfg), []).append(run)
+    return columns.pop("baseline", []), columns, bad
+
+
+def parse_candidates(specs):
+    """--candidate LABEL=RUN [RUN ...], repeated -> {label: [run dirs]}."""
+    out = {}
+    for first, *more in specs:
+        label, sep, run = first.rpartition("=")   # labels may hold "=" themselves (asvd rounding=32)
+        if not sep or not label or not run:
+            raise ResultsError(f"--candidate: {first!r} is not LABEL=RUN; e.g. --candidate palu=results/G/palu-infer")
+        out.setdefault(label, []).extend([run, *more])
+    return out

@@ -3,7 +3,7 @@ is a delta more than noise?"""
 from math import comb
 
 from gcompress_bench import UsageError
-from gcompress_bench.results.store import ResultsError, read_json
+from gcompress_bench.results.store import ResultsError, load_raw, read_json
 from gcompress_bench.suites import lmeval
 
 
@@ -33,7 +33,7 @@ def check_baseline_run(baseline_dir, cfg, suites):
 
 
 def with_run(baseline_dir, raw):
-    return compare_cells(read_json(f"{baseline_dir}/raw.json")["cells"], raw["cells"])
+    return compare_cells(load_raw(baseline_dir)["cells"], raw["cells"])
 
 
 def compare_cells(base, cells):

@@ -4,7 +4,7 @@ from pathlib import Path
 from gcompress_bench import dimtable, methods, suites
 from gcompress_bench.measure import energy
 from gcompress_bench.results import paired, plots, stats
-from gcompress_bench.results.store import ResultsError, read_json, write_json
+from gcompress_bench.results.store import ResultsError, load_raw, read_json, write_json
 from gcompress_bench.suites import SUITES, dims, lmeval, longctx
 from gcompress_bench.suites.tables import HOST_BOUND, rows
 
@@ -89,7 +89,7 @@ RAW_HEADER = ("run_id", "variant", "model", "timer", "cells")
 def build_summary(run_dir):
     """The summary of one run dir; a malformed one raises ResultsError naming the file, never a KeyError."""
     run_dir = Path(run_dir)
-    raw = read_json(run_dir / "raw.json")
+    raw = load_raw(run_dir)
     missing = [k for k in RAW_HEADER if k not in raw] if isinstance(raw, dict) else list(RAW_HEADER)
     if missing or not isinstance(raw["cells"], dict):
         raise ResultsError(f"{run_dir / 'raw.json'}: lacks {missing or ['a cells mapping']}; not a complete "
@@ -288,7 +288,7 @@ def summarize(run_dir):
     table = dims.table(s)
     if table:
         write_json(run_dir / dimtable.TABLE_FILE, table)
-    s["plots"] = _plots(s, run_dir / "plots", table, read_json(run_dir / "raw.json")["cells"])
+    s["plots"] = _plots(s, run_dir / "plots", table, load_raw(run_dir)["cells"])
     write_json(run_dir / "summary.json", s)
     (run_dir / "run_summary.md").write_text(_markdown(s))
     return s

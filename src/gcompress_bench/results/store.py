@@ -85,20 +85,66 @@ def create_run_dir(root, exp_group, run_id, explicit):
             path = root / exp_group / f"{run_id}-{n}"
 
 
+CELLS_LOG = "cells.jsonl"   # finished cells, one JSON line each, while a run is going
+
+
 class RawLog:
-    """raw.json: every finished cell, rewritten after each one so an interrupted run keeps them all."""
+    """raw.json: the run's facts and every finished cell. Each cell is appended to cells.jsonl as it finishes
+    (one line, written and synced at once: a run's cost stays linear in its cells), and raw.json is rewritten
+    whole only for the run's own facts and once at the end, with every cell; a killed run's cells are in
+    cells.jsonl, which every reader merges (load_raw). A record that is not strict JSON is refused before
+    anything changes, so one bad value cannot jam the log."""
 
     def __init__(self, run_dir, header):
         self.path = Path(run_dir) / "raw.json"
+        self.cells_path = self.path.with_name(CELLS_LOG)
         self.data = {"schema": SCHEMA, **header, "cells": {}}
         write_json(self.path, self.data)
 
     def set(self, **facts):
         """Facts measured about the run as a whole (the model's, the method's), beside its cells."""
+        _strict(facts)
         self.data.update(facts)
-        write_json(self.path, self.data)
+        self._write_facts()
 
     def add(self, cell_id, record):
+        line = _strict({"cell": cell_id, "record": record})
+        with open(self.cells_path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         self.data["cells"][cell_id] = record
         self.data["updated_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    def finish(self):
+        """raw.json with every cell in it; cells.jsonl is then no longer needed."""
         write_json(self.path, self.data)
+        self.cells_path.unlink(missing_ok=True)
+
+    def _write_facts(self):
+        # the cells so far stay in cells.jsonl until finish(); raw.json carries the facts
+        write_json(self.path, {**self.data, "cells": {}} if self.cells_path.exists() else self.data)
+
+
+def _strict(obj):
+    """obj as one line of strict JSON, or ValueError naming what is not (nothing is written)."""
+    try:
+        return json.dumps(obj, default=str, allow_nan=False)
+    except ValueError as e:
+        raise ValueError(f"raw log: refused a record that is not strict JSON ({e}): {non_finite(obj)[:3]}") from None
+
+
+def load_raw(run_dir):
+    """A run's raw.json with the cells its cells.jsonl holds beyond it (a run that was killed before its
+    end); a torn last line (killed mid-write) is left out."""
+    run_dir = Path(run_dir)
+    raw = read_json(run_dir / "raw.json")
+    log = run_dir / CELLS_LOG
+    if isinstance(raw, dict) and isinstance(raw.get("cells"), dict) and log.exists():
+        for line in log.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            raw["cells"].setdefault(entry["cell"], entry["record"])
+    return raw

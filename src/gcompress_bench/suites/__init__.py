@@ -1,41 +1,19 @@
 """Suites as plug-ins: the registry (the interface is in base.py).
 
 A suite is named in one place, its registration: `register(...)` at the end of its module. The built-in
-modules are listed in BUILTIN; more come from the comma-separated module names in GCOMPRESS_SUITES and
-from the `gcompress_bench.suites` entry point group of installed packages. Their order is the order of
+modules are listed below; more come from the comma-separated module names in GCOMPRESS_SUITES and from
+the `gcompress_bench.suites` entry point group of installed packages. Their order is the order of
 options, jobs and run-summary tables.
 """
 import importlib
-import os
-from importlib.metadata import entry_points
 
+from gcompress_bench.registry import Registry
 from gcompress_bench.suites.base import QUALITY_COST, Cell, Suite  # noqa: F401 (the plug-in API)
 
-BUILTIN = ("gcompress_bench.suites.infer_sweep", "gcompress_bench.suites.ppl", "gcompress_bench.suites.lmeval",
-           "gcompress_bench.suites.longctx", "gcompress_bench.suites.dims")
-SUITES = {}
-
-
-def register(suite):
-    if suite.marker in SUITES and type(SUITES[suite.marker]) is not type(suite):
-        raise ValueError(f"two suites marked {suite.marker!r}: {type(SUITES[suite.marker])} and {type(suite)}")
-    SUITES[suite.marker] = suite
-    return suite
-
-
-def load():
-    """Import every suite module (idempotent); returns the registry, in the order of BUILTIN and then the
-    plug-ins, whatever order the modules were first imported in."""
-    modules = BUILTIN + tuple(m for m in os.environ.get("GCOMPRESS_SUITES", "").split(",") if m)
-    for module in modules:
-        importlib.import_module(module)
-    for ep in entry_points(group="gcompress_bench.suites"):
-        ep.load()
-    rank = {m: i for i, m in enumerate(modules)}
-    ordered = sorted(SUITES.values(), key=lambda s: rank.get(type(s).__module__, len(rank)))
-    SUITES.clear()
-    SUITES.update((s.marker, s) for s in ordered)
-    return SUITES
+SUITES = Registry("suite", "marker", ("gcompress_bench.suites.infer_sweep", "gcompress_bench.suites.ppl",
+                                      "gcompress_bench.suites.lmeval", "gcompress_bench.suites.longctx",
+                                      "gcompress_bench.suites.dims"), "GCOMPRESS_SUITES", "gcompress_bench.suites")
+register, load = SUITES.register, SUITES.load
 
 
 def timed():
@@ -69,4 +47,5 @@ def defaults():
     return {s.marker: dict(s.defaults) for s in load().values() if s.defaults}
 
 
-load()   # the suites are light: every reader of SUITES finds them registered
+for _module in SUITES.builtin:   # the built-ins are light: every reader of SUITES finds them registered
+    importlib.import_module(_module)
