@@ -157,7 +157,7 @@ def _dims(name, facts):
 PARAMS = {"palu": {"ratio": 0.7}, "asvd": {"ratio": 0.95}, "prune": {"ratio": 0.9}}
 
 
-@pytest.mark.slow
+@pytest.mark.system
 @pytest.mark.parametrize("name", ["palu", "asvd", "prune"])
 def test_each_policy_on_each_method(smol, name):
     ids = torch.randint(0, 49152, (1, 64), generator=torch.Generator().manual_seed(1))

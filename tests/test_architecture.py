@@ -11,6 +11,7 @@ LAYERS = [
      "gcompress_bench.dimtable", "gcompress_bench.registry"},
     {"gcompress_bench.models"},
     {"gcompress_bench.measure"},
+    {"gcompress_bench.results.store", "gcompress_bench.results.stats", "gcompress_bench.results.plots"},   # primitives
     {"gcompress_bench.methods"},
     {"gcompress_bench.suites"},
     {"gcompress_bench.results"},

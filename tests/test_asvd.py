@@ -60,7 +60,7 @@ def _compress(smol, ratio, policy="none"):
     return lm, m.apply(lm, m.plan(opts, lm.spec, lm.tokenizer), opts, progress=lambda line: None)
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_ratio_one_reproduces_the_logits_and_perplexity_degrades_monotonically(smol):
     ids = smol[0].tokenizer((REPO / "data/tiny_corpus.txt").read_text(), return_tensors="pt").input_ids[0][:1024]
     probe = ids[None, :128]
@@ -77,7 +77,7 @@ def test_ratio_one_reproduces_the_logits_and_perplexity_degrades_monotonically(s
     assert ppl[1.0] < ppl[0.98] < ppl[0.95] < ppl[0.9], ppl
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_facts_list_every_module_and_its_alignment(smol):
     lm, facts = _compress(smol, 0.95)
     assert len(facts["modules"]) == 30 * 7

@@ -67,7 +67,7 @@ def test_a_damaged_entry_is_rebuilt_and_says_what_was_wrong(tmp_path):
     assert cache.entry(target, lambda tmp: None) == "hit"
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_three_palu_runs_at_once_on_an_empty_suite_cache(tmp_path, standin_hf_home):
     """The night's three palu jobs: the first dequantizes the model and computes the whitening factors
     (calibrated on WikiText-2 train from the HF cache), the others wait for them; all succeed with the

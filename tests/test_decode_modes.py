@@ -24,7 +24,7 @@ def lm():
     return models.load(models.resolve("smollm2-135m", resolve({})["models"]), "float32", torch.device("cpu"))
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_compiled_decode_gives_eager_tokens_with_three_graphs_per_grid(lm):
     torch._dynamo.reset()   # a grid as a fresh session sees it: no shapes marked dynamic by earlier tests
     clock = Clock("cpu")
@@ -95,7 +95,7 @@ def _compile_once(cache_root, inductor_dir=None):
     return json.loads(out.stdout.splitlines()[-1])
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_compiled_graphs_are_cached_in_the_suites_cache_unless_the_environment_chose_a_folder(tmp_path, monkeypatch):
     """Inductor (on CPU, its C++ backend) compiles a graph into <GCOMPRESS_CACHE>/torch-compile, and a second
     process loads it from there instead of compiling; a TORCHINDUCTOR_CACHE_DIR of the user's own is kept, and

@@ -160,7 +160,7 @@ def quick_dims_run(tmp_path_factory):
     return proc, root / "default" / "dims-e2e"
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_quick_dims_run_records_every_cell_and_its_table(quick_dims_run):
     proc, run = quick_dims_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -215,7 +215,7 @@ def test_quick_dims_run_records_every_cell_and_its_table(quick_dims_run):
     assert "[41/41] test_dims[sdpa-hd18-B1-S32] ok latency p50" in proc.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_a_run_without_m_dims_never_starts_the_sweep():
     """pytest benchmarks with no -m collects every cell; the dims cells are deselected, and said so."""
     default = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q"], cwd=REPO,

@@ -14,7 +14,7 @@ from gcompress_bench import config, models
 
 from .conftest import REPO, run_cli, wikitext_text
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 

@@ -42,7 +42,7 @@ def nan_model(smol_spec, tmp_path_factory):
     return folder
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_a_nan_metric_fails_its_cell_and_raw_json_stays_strict(nan_model, tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text((REPO / "data/tiny_corpus.txt").read_text()[:4000])
@@ -59,7 +59,7 @@ def test_a_nan_metric_fails_its_cell_and_raw_json_stays_strict(nan_model, tmp_pa
     strict_json(run / "summary.json")
 
 
-@pytest.mark.slow
+@pytest.mark.system
 @pytest.mark.parametrize("svd, why", [
     ("whiten", "the calibration activations of layer 6 are not finite: the model's own forward gives NaN or inf"),
     ("plain", "verification: the compressed model's logits on the probe are not finite"),
@@ -78,7 +78,7 @@ def test_a_compression_on_non_finite_numbers_stops_the_run(nan_model, tmp_path, 
     assert f"- **STOPPED**: {why}" in md and f"test_ppl[S512]: not run ({why})" in md
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_broken_factors_stop_the_run_before_any_cell(smol_spec, tmp_path):
     """A dump of the right shapes but wrong factors (random here; in the field, factors of other weights):
     top-1 agreement collapses far below what any measured compression at that ratio keeps."""
@@ -117,7 +117,7 @@ def test_weights_id_follows_the_weight_files_not_their_names(tmp_path, smol_spec
     assert models.weights_id(models.resolve("llama3-8b-shape", config.resolve({})["models"])) is None
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_a_corrupt_whitening_entry_is_rebuilt_and_the_record_says_so(smol_spec, tmp_path):
     cold = tmp_path / "cache"
     shutil.copytree(smol_spec.path, cold / "models" / "smollm2-135m")   # a sound model entry, checksums included
@@ -142,7 +142,7 @@ def test_a_corrupt_whitening_entry_is_rebuilt_and_the_record_says_so(smol_spec, 
     assert cache.problem(entry.parent) is None
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_a_truncated_model_cache_is_found_and_rebuilt(smol_spec, tmp_path):
     cold = tmp_path / "cache"
     shutil.copytree(smol_spec.path, cold / "models" / "smollm2-135m")
@@ -308,7 +308,7 @@ def bad_cases(d):
     return cases
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_bad_input_exits_2_with_one_stderr_line_and_creates_nothing(bad_files, tmp_path):
     cases = bad_cases(bad_files)
     root = tmp_path / "results"

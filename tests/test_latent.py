@@ -15,7 +15,7 @@ from gcompress_bench.suites import infer
 
 from .conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 
 def _compressed(dtype, **kw):

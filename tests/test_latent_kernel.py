@@ -211,7 +211,7 @@ def interpreted():
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-@pytest.mark.slow
+@pytest.mark.system
 @pytest.mark.parametrize("case", range(len(LAYER_CASES)), ids=[
     f"b{c[0]}-gs{c[1]}-hd{c[2]}-len{'_'.join(map(str, c[4]))}-pos{c[5]}-blk{c[6] or 'default'}" for c in LAYER_CASES])
 def test_interpreted_kernel_matches_the_torch_path_fp32(interpreted, case):
@@ -222,7 +222,7 @@ def test_interpreted_kernel_matches_the_torch_path_fp32(interpreted, case):
     assert e["ref_max"] > 1 and e["max_abs"] <= 5e-6 * e["ref_max"], e
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_interpreted_kernel_bf16_no_worse_than_the_torch_path(interpreted):
     """bf16 rounds differently on the two paths (the fused one keeps rebuilt K, RoPE and scores in
     fp32): against fp32 math, the fused error (rel L2, mean of 4 draws) stays within the torch
@@ -232,7 +232,7 @@ def test_interpreted_kernel_bf16_no_worse_than_the_torch_path(interpreted):
     assert fused <= 1.25 * unfused and fused <= 1.5e-2, e
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_interpreted_kernel_in_the_models_own_decode_loop(interpreted):
     """Through HF's forward: position_ids reach the layer, the StaticCache's unused tail is masked
     by the live length alone, and the greedy tokens agree with the torch path at every step."""

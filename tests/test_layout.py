@@ -15,7 +15,7 @@ from gcompress_bench.suites import infer
 
 from .test_latent import _compressed, lockstep
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 
 @pytest.fixture(scope="module")

@@ -198,7 +198,7 @@ def hf_generate(lm, item, max_new_tokens, eos):
     return lm.tokenizer.decode(gen[:-1] if gen[-1] in eos else gen), len(gen)
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_evaluate_equals_hf_generate(smol, hay, monkeypatch):
     """The suite's own greedy loop against HF generate on the same prompts: same tokens, same stop."""
     items = [longctx.build_items(TASKS[name], smol.tokenizer, 256, depth, 1, 5, hay)[0]
@@ -219,7 +219,7 @@ def test_evaluate_equals_hf_generate(smol, hay, monkeypatch):
     assert stopped["output"] == f" {items[0]['answer']}." and stopped["new_tokens"] == 8
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_longctx_suite_baseline_against_palu_latent_end_to_end(tmp_path):
     """`-m longctx` through the CLI, a baseline run and a palu latent-cache run paired with it: the same prompts,
     scores recomputed from the outputs, per-depth accuracy, McNemar against scipy, heatmaps and the report."""

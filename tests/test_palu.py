@@ -124,7 +124,7 @@ def test_ratio_dir_resolver_picks_the_match_and_records_candidates(tmp_path):
                       "Meta-Llama-3-8B-Instruct")
 
 
-@pytest.mark.slow
+@pytest.mark.system
 @pytest.mark.parametrize("svd", ["whiten", "plain"])
 def test_ratio_one_reproduces_the_baseline(smol, svd):
     lm, facts = compressed(smol, ratio=1.0, svd=svd)
@@ -133,7 +133,7 @@ def test_ratio_one_reproduces_the_baseline(smol, svd):
     assert torch.linalg.norm(got - ref) / torch.linalg.norm(ref) < 1e-4
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_alignment_padding_changes_shapes_not_logits(smol):
     lm1, f1 = compressed(smol, ratio=0.5, align_policy="none")
     lm64, f64 = compressed(smol, ratio=0.5, align_policy="pad:64")
@@ -146,7 +146,7 @@ def test_alignment_padding_changes_shapes_not_logits(smol):
     assert torch.linalg.norm(a - b) / torch.linalg.norm(a) < 1e-5
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_whitened_beats_plain_on_activation_weighted_error(smol):
     ids, _ = calibration.windows(smol.tokenizer, smol.spec.config, pcfg(), "palu")
     grams = palu_factors.gram_matrices(smol, ids)
@@ -160,7 +160,7 @@ def test_whitened_beats_plain_on_activation_weighted_error(smol):
         assert errs["whiten"] < errs["plain"], (i, errs)
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_quality_on_the_embedded_model_degrades_gradually(smol):
     """Bound: at ratio 0.7 (KV cut by a third, rank 128 of 192) whitened PaLU keeps perplexity on the
     evaluation corpus within 1.5x of the baseline. Measured here 1.2x; plain SVD, which the notes say
@@ -194,7 +194,7 @@ def palu_dump(smol, tmp_path_factory):
     return _write_palu_dump(lm, facts, folder, "HuggingFaceTB/SmolLM2-135M-Instruct"), logits(lm.model, PROBE)
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_a_palu_dump_loads_its_own_factors(smol, palu_dump):
     folder, want = palu_dump
     assert palu_factors.dump_weight_files(folder) == [folder / "model.safetensors"]
@@ -211,7 +211,7 @@ def test_a_palu_dump_loads_its_own_factors(smol, palu_dump):
     assert facts["modules"]["model.layers.0.self_attn.k_proj"]["logical"] == [96]
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_a_dump_that_disagrees_is_refused_naming_what(smol, palu_dump, tmp_path):
     import shutil
 

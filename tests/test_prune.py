@@ -172,7 +172,7 @@ def smol():
     return models.load(models.resolve("smollm2-135m", cfg["models"]), "float32", torch.device("cpu"))
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_ratio_one_reproduces_the_logits(smol):
     lm = clone(smol)
     probe = smol.tokenizer("The quick brown fox jumps over the lazy dog. " * 8, return_tensors="pt").input_ids
@@ -185,7 +185,7 @@ def test_ratio_one_reproduces_the_logits(smol):
         assert torch.equal(lm.model(input_ids=probe).logits, ref)
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_kept_parameters_stay_within_the_ratio_and_widths_are_irregular(smol):
     lm = clone(smol)
     facts = compress(lm, ratio=0.85, heads=0.1, calib_samples=2, calib_seq_len=128)

@@ -29,7 +29,7 @@ def test_windows_cover_every_token_once():
     assert scored == list(range(1, 10))
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_perplexity_matches_a_direct_loop(smol, tmp_path):
     text = (REPO / "data/tiny_corpus.txt").read_text()[:6000]
     corpus = tmp_path / "c.txt"
@@ -72,7 +72,7 @@ def test_mini_tasks_are_balanced_and_large_enough():
         assert len(rows) >= 100 and {labels.count(k) for k in range(choices)} == {len(rows) // choices}
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_lmeval_through_the_real_harness_matches_direct_logliks(smol, tmp_path):
     """A user task YAML two folders down (indexed recursively, as lm-eval does) pointing at local files,
     scored by lm-eval on every item (--limit all); each item's log-likelihoods are recomputed here
@@ -115,7 +115,7 @@ def test_mcnemar_exact_against_scipy(b, c):
     assert mcnemar_exact([1] * 10 + [0] * 0, [0] * 10)[2] == pytest.approx(2 / 1024)
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_llm_eval_cli_both_variants_with_paired_comparison(tmp_path):
     common = ["--out", str(tmp_path), "--tasks", "piqa", "--fewshot", "0", "--limit", "6", "--ppl-seq-len", "256"]
     for suite in ("ppl", "lmeval"):

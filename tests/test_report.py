@@ -45,7 +45,7 @@ def _summary(group, run):
     return json.loads((group / "g" / run / "summary.json").read_text())["cells"]
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_exp_group_report_is_complete_and_matches_the_summaries(group, tmp_path):
     proc = plot_tool("--exp-group", "g", "--results-root", str(group), "--out", str(tmp_path / "rep"))
     assert proc.returncode == 0, proc.stderr
@@ -80,7 +80,7 @@ def test_exp_group_report_is_complete_and_matches_the_summaries(group, tmp_path)
     assert "Runs: baseline: baseline-infer, baseline-lmeval, baseline-ppl; asvd ratio=0.95: asvd-infer, " in md
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_figures_hold_the_series_they_should(group):
     g = group / "g"
     rep, (b, p, a) = comparison.build([g / "baseline-infer", g / "baseline-ppl"],
@@ -106,7 +106,7 @@ def test_more_than_six_series_are_split_into_panels():
     assert [[c.get_label() for c in ax.containers] for ax in fig.axes] == [[f"m{i}" for i in range(6)], ["m0", "m6", "m7"]]
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_cross_machine_comparison_is_flagged(group, tmp_path):
     other = tmp_path / "palu-infer"
     shutil.copytree(group / "g" / "palu-infer", other)
@@ -145,7 +145,7 @@ def _copy_group(group, tmp_path, edit=None):
     return root
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_runs_of_different_settings_in_one_column_are_refused_naming_them(group, tmp_path):
     root = _copy_group(group, tmp_path, ("palu-ppl", "palu-ppl-r03", lambda c: c["palu"].update(ratio=0.3)))
     g = root / "g"
@@ -163,7 +163,7 @@ def test_runs_of_different_settings_in_one_column_are_refused_naming_them(group,
                     "palu ratio=0.3 group_size=3")
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_runs_of_different_models_are_refused(group, tmp_path):
     root = _copy_group(group, tmp_path)
     cfg = json.loads((root / "g/palu-ppl/config.json").read_text())
@@ -174,7 +174,7 @@ def test_runs_of_different_models_are_refused(group, tmp_path):
         "allowed: every column of one model"]
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_one_corrupt_run_dir_is_named_and_the_others_reported(group, tmp_path):
     root = _copy_group(group, tmp_path)
     bad = root / "g" / "palu-lmeval-broken"
@@ -199,7 +199,7 @@ def test_report_tool_names_a_raw_file_without_its_header(tmp_path):
         "raw file"]
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_where_the_time_went_against_the_runs_profiles(group, tmp_path):
     """Each family's delta is the candidate's profile minus the reference's, as raw.json holds them; the family
     that lost the most is the largest delta; the table and the stacked bars are in the report."""

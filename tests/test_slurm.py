@@ -15,7 +15,7 @@ import pytest
 
 from .conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 LAUNCH = REPO / "slurm" / "launch_llm_night.sh"
 JOB = REPO / "slurm" / "run_llm.sbatch"
 SUITES = ("infer_sweep", "ppl", "lmeval")
@@ -412,7 +412,7 @@ def test_job_script_leaves_the_variant_and_method_options_to_the_cli(tmp_path, a
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_a_plug_in_suite_runs_end_to_end_with_no_edit_elsewhere(tmp_path):
     """tests/plugins/toy_suite.py registers the `entropy` suite from outside the package: its option joins the
     CLI, its cells run, its summary table, progress line and comparison table appear, the night launcher takes it

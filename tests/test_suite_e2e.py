@@ -17,7 +17,7 @@ REQUIRED = ["config.json", "env.json", "raw.json", "summary.json", "run_summary.
             "plots/prefill_latency.png", "plots/decode_ms_per_token.png"]
 
 
-@pytest.mark.slow
+@pytest.mark.system
 @pytest.mark.parametrize("variant", ["baseline", "palu", "asvd"])
 def test_quick_infer_sweep_writes_a_complete_run(llm_run, variant):
     proc, runs = llm_run("--variant", variant, *TINY, "--run-id", "e2e")
@@ -133,7 +133,7 @@ def test_quick_infer_sweep_writes_a_complete_run(llm_run, variant):
         assert facts is None and not [line for line in md.splitlines() if line.startswith("## ") and "compression" in line]
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_a_plug_in_method_runs_end_to_end_with_no_edit_elsewhere(llm_run, tmp_path):
     """tests/plugins/toy_method.py registers `mlpprune` from outside the package: its option joins the
     CLI, its cells, summary and comparison work, and nothing in the package names it."""
@@ -169,7 +169,7 @@ def test_a_plug_in_method_runs_end_to_end_with_no_edit_elsewhere(llm_run, tmp_pa
         "gcompress-bench: --variant: unknown value 'mlpprune'; allowed: baseline, palu, asvd, prune")
 
 
-@pytest.mark.slow
+@pytest.mark.system
 @pytest.mark.parametrize("kind, error", [
     ("cuda", "CUDA out of memory. Tried to allocate 20.00 GiB"),
     ("cpu", "DefaultCPUAllocator: can't allocate memory: you tried to allocate 17592186044416 bytes"),
@@ -192,7 +192,7 @@ def test_oom_cell_is_skipped_with_reason_and_the_grid_goes_on(llm_run, kind, err
     assert outcomes["test_prefill[B2-S16]"] == "skipped" and outcomes["test_decode[B1-ctx16-gen4]"] == "passed"
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_ctrl_c_keeps_finished_cells_and_exits_130_not_2(llm_run):
     """2 means bad input; an interrupted run says so with its own code (128 + SIGINT)."""
     proc, (run,) = llm_run("--variant", "baseline", *TINY, "--", "-p", "tests.plugins.kill_after_two",
@@ -204,7 +204,7 @@ def test_ctrl_c_keeps_finished_cells_and_exits_130_not_2(llm_run):
     assert summary["not_run"] == ["test_decode[B1-ctx16-gen4]"]
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_killed_run_keeps_every_finished_cell(llm_run):
     proc, (run,) = llm_run("--variant", "baseline", *TINY, "--", "-p", "tests.plugins.kill_after_two")
     assert proc.returncode == -9

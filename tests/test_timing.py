@@ -40,7 +40,7 @@ def test_cuda_clock_matches_a_bare_event_pair():
 SYNCS = ["item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__"]
 
 
-@pytest.mark.slow
+@pytest.mark.system
 @pytest.mark.parametrize("mode", ["eager", "compiled"])
 def test_no_host_sync_inside_a_measured_decode_region(monkeypatch, mode):
     """Every tensor-to-host read and every explicit synchronize is counted; none may happen
@@ -95,7 +95,7 @@ def smol():
     return models.load(models.resolve("smollm2-135m", resolve({})["models"]), "float32", torch.device("cpu"))
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_a_planted_slow_host_is_flagged_and_a_clean_run_is_not(smol, monkeypatch):
     """A sleep inside every decode step is host time the device (here the CPU's operators) never sees:
     the cell's busy share falls under 80% and it is marked host-bound; the same cell without it is not.

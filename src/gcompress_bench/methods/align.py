@@ -15,6 +15,7 @@ A method describes each module it shapes as a `Module` (its logical dim, full di
 of dim, gains) and gets back, per module, the dim whose weights are real (`kept`) and the dim in memory
 (`physical`).
 """
+import functools
 import math
 from dataclasses import dataclass
 
@@ -48,8 +49,10 @@ class Module:
     shape: dict = None      # the sweep series that times this module: {"op", "sweep", fixed dims...}
 
 
+@functools.cache
 def parse(text):
-    """A policy from its text; a bad one is one UsageError line naming it."""
+    """A policy from its text, worked out once per process (a budget table is read once); a bad one is one
+    UsageError line naming it."""
     kind, _, arg = str(text).partition(":")
     if kind == "none" and not arg:
         return Policy("none")

@@ -11,7 +11,7 @@ from gcompress_bench.results import paired as paired_test
 from gcompress_bench.results import plots, report
 from gcompress_bench.results.report import build_summary
 from gcompress_bench.results.store import ResultsError, load_raw, read_json, write_json
-from gcompress_bench.suites import SUITES, lmeval, tables
+from gcompress_bench.suites import SUITES, lmeval, longctx, tables
 
 ENV_KEYS = ("gpu", "gpu_count", "driver", "cuda", "torch", "transformers", "lm_eval", "host", "cpu")
 RUN_KEYS = ("model", "weights", "dtype", "timer", "device")
@@ -446,7 +446,7 @@ def write_plots(rep, sides, out, cell=None):
              {n: [r["values"][n].get(f"{m}_stderr") for r in rows] for n in names})
             for m, rows in by_metric.items() if rows]), out / "accuracy.png"))
     for s in sides:
-        for task, grid in report.longctx_grids(s["raw"]).items():
+        for task, grid in longctx.grids(s["raw"]).items():
             made.append(plots.save(plots.heatmap(grid, f"{s['label']}: {task} accuracy, {model}"),
                                    out / f"longctx_{task}_{s['label']}.png"))
     for r in rep.get("time_went", []):

@@ -1,11 +1,11 @@
 """Per-run summary: summary.json, run_summary.md and plots/, always regenerated from raw.json."""
 from pathlib import Path
 
-from gcompress_bench import dimtable, methods, suites
+from gcompress_bench import methods, suites
 from gcompress_bench.measure import energy
-from gcompress_bench.results import paired, plots, stats
+from gcompress_bench.results import paired, stats
 from gcompress_bench.results.store import ResultsError, load_raw, read_json, write_json
-from gcompress_bench.suites import SUITES, dims, lmeval, longctx
+from gcompress_bench.suites import SUITES, lmeval
 from gcompress_bench.suites.tables import HOST_BOUND, rows
 
 # per-item data a summary replaces with statistics (or leaves in raw.json): every other field of a
@@ -250,45 +250,12 @@ def longctx_verdict(p):
     return verdict
 
 
-def _plots(s, out, dims_table=None, raw_cells=None):
-    """Latency plots of the timing cells and a length x depth heatmap per longctx task; a run with neither
-    has no plots/ folder."""
-    series = {s["variant"]: s["cells"]}
-    made = []
-    for task, grid in longctx_grids(raw_cells or {}).items():
-        out.mkdir(exist_ok=True)
-        made.append(plots.save(plots.heatmap(grid, f"{s['variant']}: {task} accuracy, {s['model']}"),
-                               out / f"longctx_{task}.png"))
-    for suite, plot, name in (("prefill", plots.prefill_latency, "prefill_latency.png"),
-                              ("decode", plots.decode_latency, "decode_ms_per_token.png")):
-        if any(c["suite"] == suite and c["status"] == "ok" for c in s["cells"].values()):
-            out.mkdir(exist_ok=True)
-            made.append(plots.save(plot(series, s["model"]), out / name))
-    for op in dict.fromkeys(x["op"] for x in (dims_table or {}).get("series", [])):
-        out.mkdir(exist_ok=True)
-        fig = plots.dims_latency([x for x in dims_table["series"] if x["op"] == op],
-                                 f"{op}, {dims_table['device_name']}, {dims_table['dtype']} (p50)")
-        made.append(plots.save(fig, out / f"dims_{op}.png"))
-    return made
-
-
-def longctx_grids(raw_cells):
-    """{task: length x depth accuracy grid} over a run's finished longctx cells."""
-    items = {}
-    for c in raw_cells.values():
-        if c.get("suite") == "longctx" and c.get("status") == "ok":
-            items.setdefault(c["task"], []).extend(c["items"])
-    return {task: longctx.accuracy_grid(found) for task, found in items.items()}
-
-
 def summarize(run_dir):
     """Write summary.json, run_summary.md and plots/ for one run dir; returns the summary."""
     run_dir = Path(run_dir)
     s = build_summary(run_dir)
-    table = dims.table(s)
-    if table:
-        write_json(run_dir / dimtable.TABLE_FILE, table)
-    s["plots"] = _plots(s, run_dir / "plots", table, load_raw(run_dir)["cells"])
+    raw_cells = load_raw(run_dir)["cells"]
+    s["plots"] = [name for suite in SUITES.values() for name in suite.write(s, raw_cells, run_dir)]
     write_json(run_dir / "summary.json", s)
     (run_dir / "run_summary.md").write_text(_markdown(s))
     return s

@@ -103,3 +103,7 @@ class Suite:
     def markdown(self, summary, rows):
         """Its tables in run_summary.md; rows = [(cell id, cell summary)] of its cells."""
         return []
+
+    def write(self, summary, raw_cells, run_dir):
+        """Its files beside a run's summary (plots under plots/, tables); returns the plots' names."""
+        return []

@@ -20,6 +20,7 @@ from gcompress_bench.dimtable import OPS, device_name
 from gcompress_bench.fmt import num
 from gcompress_bench.models import head_dim
 from gcompress_bench.suites import Suite, register
+from gcompress_bench.suites.tables import save_plot
 
 ID_TAG = {"d_in": "din", "d_out": "dout", "k": "k", "n": "n", "r": "r", "heads": "h", "kv_heads": "kv",
           "head_dim": "hd", "M": "M", "seq": "S", "batch": "B"}
@@ -283,6 +284,18 @@ class Dims(Suite):
 
     def markdown(self, s, rows):
         return markdown(table(s))
+
+    def write(self, summary, raw_cells, run_dir):
+        """The run's sweep table (what `--align-policy budget:` reads) and a latency plot per operator."""
+        from gcompress_bench.results import plots
+        from gcompress_bench.results.store import write_json
+        t = table(summary)
+        if not t:
+            return []
+        write_json(run_dir / dimtable.TABLE_FILE, t)
+        return [save_plot(plots.dims_latency([x for x in t["series"] if x["op"] == op],
+                                             f"{op}, {t['device_name']}, {t['dtype']} (p50)"), run_dir, f"dims_{op}.png")
+                for op in dict.fromkeys(x["op"] for x in t["series"])]
 
 
 register(Dims())

@@ -3,7 +3,17 @@ infer.py, imported when a cell runs."""
 from gcompress_bench import UsageError
 from gcompress_bench.fmt import fmt_mib
 from gcompress_bench.suites import Suite, register
-from gcompress_bench.suites.tables import MEM_COLS, STAT_COLS, breakdown_table, busy, joules, latency_cols, roof, table
+from gcompress_bench.suites.tables import (
+    MEM_COLS,
+    STAT_COLS,
+    breakdown_table,
+    busy,
+    joules,
+    latency_cols,
+    latency_plot,
+    roof,
+    table,
+)
 
 DECODE_MODES = ("eager", "compiled")
 TIMING = ("warmup", "iters", "trials")
@@ -49,6 +59,9 @@ class Prefill(Timing):
 
     def longest(self, g):
         return {"--prefill-seq-len": max(g["seq_len"])}
+
+    def write(self, summary, raw_cells, run_dir):
+        return latency_plot(self.marker, summary, run_dir, "prefill_latency", "prefill_latency.png")
 
     def derive(self, rec, stats):
         return {"tokens_per_s": rec["tokens"] / (stats["latency"]["p50"] / 1e3)}
@@ -116,6 +129,9 @@ class Decode(Timing):
 
     def longest(self, g):
         return {"--decode-ctx + --decode-gen": max(g["ctx"]) + max(g["gen"])}
+
+    def write(self, summary, raw_cells, run_dir):
+        return latency_plot(self.marker, summary, run_dir, "decode_latency", "decode_ms_per_token.png")
 
     def prepare(self, cfg, spec, tokenizer, device):
         if "compiled" in cfg["decode"]["mode"] and device.type != "cuda":

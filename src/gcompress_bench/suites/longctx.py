@@ -20,7 +20,7 @@ import yaml
 from gcompress_bench import REPO_ROOT, UsageError
 from gcompress_bench.corpus import read_text_file
 from gcompress_bench.suites import Suite, register
-from gcompress_bench.suites.tables import dash_unless_ok, table
+from gcompress_bench.suites.tables import dash_unless_ok, save_plot, table
 
 TASKS = REPO_ROOT / "data" / "longctx" / "tasks.yaml"
 
@@ -271,6 +271,15 @@ def check_lengths(g, tokenizer, seed):
             raise UsageError(f"--longctx-lengths: {e}") from None
 
 
+def grids(raw_cells):
+    """{task: length x depth accuracy grid} over a run's finished longctx cells."""
+    items = {}
+    for c in raw_cells.values():
+        if c.get("suite") == "longctx" and c.get("status") == "ok":
+            items.setdefault(c["task"], []).extend(c["items"])
+    return {task: accuracy_grid(found) for task, found in items.items()}
+
+
 class Longctx(Suite):
     marker = job = "longctx"
     description = "retrieval of keys hidden at controlled depths of long prompts"
@@ -308,6 +317,12 @@ class Longctx(Suite):
     def progress(self, rec):
         return f" acc {rec['accuracy']:.3f} n={rec['n']} (" + ", ".join(
             f"depth {d} {a:.2f}" for d, a in rec["by_depth"].items()) + ")"
+
+    def write(self, summary, raw_cells, run_dir):
+        """A length x depth heatmap per task."""
+        from gcompress_bench.results import plots
+        return [save_plot(plots.heatmap(grid, f"{summary['variant']}: {task} accuracy, {summary['model']}"), run_dir,
+                          f"longctx_{task}.png") for task, grid in grids(raw_cells).items()]
 
     def markdown(self, s, rows):
         lines = table("longctx (exact-match accuracy of greedy answers)",

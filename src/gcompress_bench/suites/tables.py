@@ -6,6 +6,21 @@ STAT_COLS = ["p50", "p90", "p99", "std", "cv"]
 MEM_COLS = ["peak alloc MiB", "peak reserved MiB"]
 
 
+def save_plot(fig, run_dir, name):
+    """A figure as plots/NAME of a run dir; returns NAME."""
+    from gcompress_bench.results import plots
+    (run_dir / "plots").mkdir(exist_ok=True)
+    return plots.save(fig, run_dir / "plots" / name)
+
+
+def latency_plot(suite, summary, run_dir, plot, name):
+    """A timing suite's latency plot of one run, when it has an ok cell."""
+    if not any(c["suite"] == suite and c["status"] == "ok" for c in summary["cells"].values()):
+        return []
+    from gcompress_bench.results import plots
+    return [save_plot(getattr(plots, plot)({summary["variant"]: summary["cells"]}, summary["model"]), run_dir, name)]
+
+
 def table(title, columns, rows, render):
     """A markdown table of cells; `render` gets every cell, ok or not (an OOM cell still has memory)."""
     if not rows:
