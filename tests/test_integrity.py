@@ -303,7 +303,7 @@ def bad_cases(d):
         if kind == "str" and flag not in ("--profile", "--device", "--dtype", "--shard", *choices):
             values = [str(d / "no" / "such")]   # paths and names
         cases += [("llm_eval" if flag.startswith(("--ppl", "--tasks", "--limit", "--fewshot", "--baseline"))
-                   else "llm_run", ["--variant", next((m.name for m in methods if flag.startswith(f"--{m.name}-")),
+                   else "llm_run", ["--variant", next((m.name for m in registered if flag.startswith(f"--{m.name}-")),
                                                       "palu"), flag, v], None) for v in values]
     return cases
 

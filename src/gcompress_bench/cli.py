@@ -139,14 +139,13 @@ def main(argv=None):
         print(f"gcompress-bench: {e}", file=sys.stderr)
         return 2
     quality = [j for j, markers in jobs.items() if all(suites.SUITES[m].needs_weights for m in markers)]
-    timing = [j for j in jobs if j not in quality]
     if cmd == "run":
-        return run(f"gcompress-bench {cmd}", timing + quality, "infer_sweep", rest)
+        return run(f"gcompress-bench {cmd}", list(jobs), "infer_sweep", rest)
     if cmd == "eval":
         return run(f"gcompress-bench {cmd}", quality, "ppl", rest)
     if cmd == "check":
         own, extra = (rest[:rest.index("--")], rest[rest.index("--"):]) if "--" in rest else (rest, [])
-        return run(f"gcompress-bench {cmd}", timing + quality, "infer_sweep", [*own, "--check-only", *extra])
+        return run(f"gcompress-bench {cmd}", list(jobs), "infer_sweep", [*own, "--check-only", *extra])
     if cmd == "report":
         if rest[:1] in (["-h"], ["--help"]):
             print("usage: gcompress-bench report RUN_DIR [RUN_DIR ...]\n\n" + COMMANDS["report"])
