@@ -103,9 +103,9 @@ class Method:
                      memory={"peak_allocated_bytes": torch.cuda.max_memory_allocated(lm.device) if cuda else None,
                              "peak_reserved_bytes": torch.cuda.max_memory_reserved(lm.device) if cuda else None},
                      verification=verify.compare(lm, before, probe))
-        table = agreement_tables().get(self.name, {}).get(self.agreement_table(opts))
-        facts["agreement_floor"] = ({"table": f"{self.name}.{self.agreement_table(opts)}", "measured": table["measured"]}
-                                    if table else None)
+        key = self.agreement_table(opts)
+        table = agreement_tables().get(self.name, {}).get(key)
+        facts["agreement_floor"] = {"table": f"{self.name}.{key}", "measured": table["measured"]} if table else None
         progress(f"{self.name}: {self.headline(facts)}; top-1 agreement on the probe "
                  f"{facts['verification']['top1_agreement']:.3f} ({facts['compress_s']} s)")
         why = verify.broken(facts["verification"], self.kept(facts), table and table["floors"],

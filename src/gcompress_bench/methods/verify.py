@@ -2,9 +2,8 @@
 are compared with the original's, and the rule that calls a compression broken."""
 import torch
 
-from gcompress_bench import REPO_ROOT
+from gcompress_bench.methods.calibration import CALIB_TEXT
 
-PROBE_TEXT = REPO_ROOT / "data" / "calibration.txt"   # the first PROBE_TOKENS of it
 PROBE_TOKENS = 256   # enough positions that top-1 agreement moves in steps of 0.4%, not 1.6%
 
 
@@ -12,7 +11,7 @@ def probe_ids(lm):
     if lm.tokenizer is None:
         return torch.randint(0, lm.spec.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(7)
                              ).to(lm.device)
-    return lm.tokenizer(PROBE_TEXT.read_text()[:6000], return_tensors="pt").input_ids[:, :PROBE_TOKENS].to(lm.device)
+    return lm.tokenizer(CALIB_TEXT.read_text()[:6000], return_tensors="pt").input_ids[:, :PROBE_TOKENS].to(lm.device)
 
 
 @torch.inference_mode()
