@@ -87,13 +87,18 @@ hf=(); [ -z "${GC_HF_HOME:-}" ] || hf=(HF_HOME="$GC_HF_HOME")   # the jobs' HF c
 warnings=""   # printed once every check has passed: a refusal stays one line
 for v in "${checked[@]}"; do
   out=$(cd "$repo" && env "${hf[@]}" PYTHONPATH="$pypath" "$py" -m pytest benchmarks -q -m "$markers" --variant "$v" \
-        "${job_args[@]}" "${cli_args[@]}" --check-only 2>&1)
+        --exp-group "$group" "${job_args[@]}" "${cli_args[@]}" --check-only 2>&1)
   case $? in
     0) ;;
     1) warnings+="launch_llm_night: WARNING: the $v jobs would fall back:"$'\n'"$(grep '^gcompress-bench check: .*FALLBACK' <<<"$out")"$'\n' ;;
     *) usage "the $v jobs would stop at once: $(grep -m 1 '^gcompress-bench: ' <<<"$out" || tail -n 1 <<<"$out")" ;;
   esac
 done
+if [ -n "$shards" ] && [ -n "${seen[s:infer_sweep]:-}" ]; then   # every shard must get a cell
+  cells=$(cd "$repo" && PYTHONPATH="$pypath" "$py" -m pytest benchmarks -q --co -m "${job_markers[infer_sweep]//,/ or }" \
+          "${job_args[@]}" "${cli_args[@]}" 2>/dev/null | grep -c '::')
+  [ "$shards" -le "$cells" ] || usage "--shards: $shards is more than the $cells infer_sweep cells; allowed: 1 to $cells"
+fi
 printf '%s' "$warnings" >&2
 [ $gpu = 1 ] || sb+=(--gres=none)
 logs="$repo/slurm_logs"; [ $dry = 1 ] || mkdir -p "$logs" "$root" "$reports"

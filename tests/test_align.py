@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from gcompress_bench import UsageError, dimtable, methods, models
+from gcompress_bench import UsageError, dimtable, methods
 from gcompress_bench.config import resolve
 from gcompress_bench.methods import align
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, run_cli, smollm2
 
 
 def brute_force(items, budget):
@@ -114,8 +114,14 @@ def test_round_pad_none():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("round", "--align-policy: 'round' is not allowed; N must be an integer >= 1; allowed: " + align.ALLOWED),
-    ("pad:x", "--align-policy: 'pad:x' is not allowed; N must be an integer >= 1; allowed: " + align.ALLOWED),
+    ("round", "--align-policy: 'round' is not allowed; N must be an integer from 1 to 1024 (no kernel tile is wider); "
+              "allowed: " + align.ALLOWED),
+    ("pad:x", "--align-policy: 'pad:x' is not allowed; N must be an integer from 1 to 1024 (no kernel tile is wider); "
+              "allowed: " + align.ALLOWED),
+    ("round:²", "--align-policy: 'round:²' is not allowed; N must be an integer from 1 to 1024 (no kernel tile is "
+                "wider); allowed: " + align.ALLOWED),
+    ("pad:1000000000", "--align-policy: 'pad:1000000000' is not allowed; N must be an integer from 1 to 1024 (no "
+                       "kernel tile is wider); allowed: " + align.ALLOWED),
     ("budget:", "--align-policy: unknown value 'budget:'; allowed: " + align.ALLOWED),
     ("fast", "--align-policy: unknown value 'fast'; allowed: " + align.ALLOWED),
 ])
@@ -132,8 +138,8 @@ H200_TABLE = REPO / "data/evidence/h200/alignment/dims"   # a real sweep: its lo
 
 @pytest.fixture(scope="module")
 def smol():
-    cfg = resolve({})
-    return models.load(models.resolve("smollm2-135m", cfg["models"]), "float32", torch.device("cpu")), cfg
+    """SmolLM2's first two layers: every projection kind and its dims, at 2/30 of the compression cost."""
+    return smollm2("float32", layers=2), resolve({})
 
 
 def _apply(smol, name, policy, **opts):

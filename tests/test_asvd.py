@@ -11,7 +11,7 @@ from gcompress_bench.methods import asvd
 from gcompress_bench.methods.asvd import lowrank as asvd_lowrank
 from gcompress_bench.suites.ppl import perplexity
 
-from .conftest import REPO
+from .conftest import REPO, smollm2
 
 
 @pytest.mark.parametrize("shape", [(96, 40), (40, 96)])
@@ -78,9 +78,10 @@ def test_ratio_one_reproduces_the_logits_and_perplexity_degrades_monotonically(s
 
 
 @pytest.mark.system
-def test_facts_list_every_module_and_its_alignment(smol):
+def test_facts_list_every_module_and_its_alignment():
+    smol = smollm2("float32", layers=2), resolve({})   # every module kind, at 2/30 of the compression cost
     lm, facts = _compress(smol, 0.95)
-    assert len(facts["modules"]) == 30 * 7
+    assert len(facts["modules"]) == 2 * 7
     ranks = {n: m["rank"] for n, m in facts["modules"].items() if m["rank"] is not None}
     for name, r in ranks.items():   # the model holds what the facts say
         mod = lm.model.get_submodule(name)

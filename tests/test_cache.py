@@ -40,8 +40,8 @@ def test_six_processes_on_an_empty_cache_build_the_entry_once(tmp_path):
     assert sorted(o.strip() for o, _ in outs) == ["built"] + ["hit"] * 5
     (builder,) = log.read_text().split()            # one build, by the process that said "built"
     assert (target / "part").read_text() == builder
-    assert json.loads((target / cache.CHECKSUMS).read_text()) == {"part": cache.sha256(target / "part")}
-    assert sorted(p.name for p in target.parent.iterdir()) == [".entry.lock", ".sha256-memo", "entry"]   # no temporary
+    assert json.loads((target / cache.CHECKSUMS).read_text()) == {"part": cache.digest(target / "part")}
+    assert sorted(p.name for p in target.parent.iterdir()) == [".entry.lock", "entry"]   # nothing temporary
 
 
 def test_a_failed_build_leaves_no_partial_entry(tmp_path):
@@ -58,13 +58,85 @@ def test_a_damaged_entry_is_rebuilt_and_says_what_was_wrong(tmp_path):
     target = tmp_path / "e"
     assert cache.entry(target, lambda tmp: (tmp / "f").write_text("good")) == "built"
     (target / "f").write_text("bad!")
-    bad, stored = cache.sha256(target / "f"), json.loads((target / cache.CHECKSUMS).read_text())["f"]
+    bad, stored = cache.digest(target / "f"), json.loads((target / cache.CHECKSUMS).read_text())["f"]
     assert cache.entry(target, lambda tmp: (tmp / "f").write_text("good")) == (
-        f"rebuilt: {target / 'f'} does not match its stored sha256 ({bad[:12]}, stored {stored[:12]})")
+        f"rebuilt: {target / 'f'} does not match its stored digest ({bad[:12]}, stored {stored[:12]})")
     assert (target / "f").read_text() == "good" and cache.problem(target) is None
     (target / "f").unlink()
     assert cache.entry(target, lambda tmp: (tmp / "f").write_text("good")) == f"rebuilt: {target / 'f'} is missing"
     assert cache.entry(target, lambda tmp: None) == "hit"
+
+
+def test_the_digest_is_the_sha256_of_the_blocks_sha256s(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "BLOCK", 1000)
+    data = os.urandom(2500)
+    (tmp_path / "f").write_bytes(data)
+    blocks = [hashlib.sha256(data[i:i + 1000]).digest() for i in (0, 1000, 2000)]
+    assert cache.digest(tmp_path / "f") == hashlib.sha256(b"".join(blocks)).hexdigest()
+    (tmp_path / "empty").write_bytes(b"")
+    assert cache.digest(tmp_path / "empty") == hashlib.sha256(hashlib.sha256(b"").digest()).hexdigest()
+
+
+PROBLEM = "import sys; from gcompress_bench import cache; print(cache.problem(sys.argv[1]))"
+
+
+def test_content_overwritten_in_place_with_its_mtime_restored_is_found_by_the_next_process(tmp_path):
+    """Metadata can't vouch for content: same size, same mtime, same inode, other bytes."""
+    target = tmp_path / "e"
+    assert cache.entry(target, lambda tmp: (tmp / "w").write_bytes(os.urandom(3 * 2**20))) == "built"
+    check = lambda: subprocess.run([sys.executable, "-c", PROBLEM, str(target)], capture_output=True,  # noqa: E731
+                                   text=True, env=ENV).stdout.strip()
+    assert check() == "None"
+    st = (target / "w").stat()
+    with open(target / "w", "r+b") as f:
+        f.seek(2**20)
+        f.write(os.urandom(2**20))
+    os.utime(target / "w", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert ((target / "w").stat().st_mtime_ns, (target / "w").stat().st_ino) == (st.st_mtime_ns, st.st_ino)
+    assert check().startswith(f"{target / 'w'} does not match its stored digest")
+
+
+def test_a_sound_entry_is_read_without_writing_anything(tmp_path):
+    """A read-only cache, or another user's: a hit takes no lock and writes no file."""
+    target = tmp_path / "c" / "e"
+    cache.entry(target, lambda tmp: (tmp / "f").write_text("x"))
+    (target.parent / ".e.lock").unlink()
+    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    assert cache.entry(target, lambda tmp: pytest.fail("rebuilt")) == "hit"
+    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_new_entry_is_readable_as_the_umask_allows(tmp_path):
+    def build(tmp):
+        (tmp / "sub").mkdir(mode=0o700)
+        (tmp / "sub" / "w").write_text("x")
+        os.chmod(tmp / "sub" / "w", 0o600)   # as a library's private temp file leaves it
+    mask = os.umask(0o022)
+    try:
+        cache.entry(tmp_path / "e", build)
+    finally:
+        os.umask(mask)
+    modes = {p.relative_to(tmp_path / "e").as_posix(): p.stat().st_mode & 0o777 for p in (tmp_path / "e").rglob("*")}
+    assert modes == {"sub": 0o755, "sub/w": 0o644, cache.CHECKSUMS: 0o644}
+    assert (tmp_path / "e").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_killed_builds_folder_is_removed_by_the_next_build_once_its_process_is_gone(tmp_path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    dead, live = tmp_path / f".e.tmp-{gone}-0badc0de", tmp_path / f".e.tmp-{os.getpid()}-0badc0de"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "half").write_text("x")
+    assert cache.entry(tmp_path / "e", lambda tmp: (tmp / "f").write_text("ok")) == "built"
+    assert not dead.exists() and live.exists()   # a live process's build is its own
+
+
+def test_an_empty_gcompress_cache_means_the_default_location(tmp_path):
+    code = "from gcompress_bench import models; print(models.CACHE_ROOT)"
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**ENV, "GCOMPRESS_CACHE": "", "HOME": str(tmp_path)}).stdout.strip()
+    assert got == str(tmp_path / ".cache" / "gcompress_bench")
 
 
 @pytest.mark.system
@@ -92,3 +164,14 @@ def test_three_palu_runs_at_once_on_an_empty_suite_cache(tmp_path, standin_hf_ho
     left = sorted(str(p.relative_to(cold)) for p in cold.rglob("*"))
     assert not [p for p in left if ".tmp" in p], left
     assert "models/smollm2-135m/model.safetensors" in left and sum(p.endswith(".pt") for p in left) == 1
+
+
+def test_a_gcompress_cache_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "f").write_text("")
+    code = ("from gcompress_bench import UsageError, config, models\n"
+            "try:\n    models.resolve('smollm2-135m', config.resolve({})['models'])\n"
+            "except UsageError as e:\n    print(e)")
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**ENV, "GCOMPRESS_CACHE": str(tmp_path / "f")}).stdout.strip()
+    assert got == (f"GCOMPRESS_CACHE: '{tmp_path / 'f'}' is not a folder; allowed: a folder (made if missing), or "
+                   "unset for ~/.cache/gcompress_bench")

@@ -47,10 +47,11 @@ def test_overrides_and_cell_ids():
     ({"variant": "foo"}, "--variant: unknown value 'foo'; allowed: baseline, palu, asvd, prune"),
     ({"asvd_ratio": "0"}, "--asvd-ratio: 0.0 is not allowed; it must be in (0, 1]"),
     ({"variant": "asvd", "align_policy": "round:0"}, "--align-policy: 'round:0' is not allowed; N must be an integer "
-                                                     ">= 1; allowed: none, round:N, pad:N (N >= 1) or budget:TABLE (a "
-                                                     "dims run dir or its dims_table.json)"),
+                                                     "from 1 to 1024 (no kernel tile is wider); allowed: none, round:N, "
+                                                     "pad:N (1 <= N <= 1024) or budget:TABLE (a dims run dir or its "
+                                                     "dims_table.json)"),
     ({"variant": "palu", "align_policy": "snap:8"}, "--align-policy: unknown value 'snap:8'; allowed: none, round:N, "
-                                                    "pad:N (N >= 1) or budget:TABLE (a dims run dir or its "
+                                                    "pad:N (1 <= N <= 1024) or budget:TABLE (a dims run dir or its "
                                                     "dims_table.json)"),
     ({"align_policy": "pad:8"}, "--align-policy: 'pad:8' is not allowed with --variant baseline, which has no dims to "
                                 "align; allowed: method"),
@@ -77,6 +78,20 @@ def test_overrides_and_cell_ids():
     ({"palu_factors": "reuse"}, "--palu-factors: unknown value 'reuse'; allowed: load, recompute"),
     ({"decode_mode": "eager,eager"}, "--decode-mode: eager,eager repeats eager; allowed: each value once"),
     ({"suites_file": "/nonexistent.yaml"}, "suite file /nonexistent.yaml does not exist"),
+    ({"inductor": "max_autotune=[unclosed"}, "--inductor: 'max_autotune=[unclosed' is not allowed (ParserError); "
+                                             "allowed: key=value with a plain value (a number, true/false, a word, a "
+                                             "list)"),
+    ({"inductor": "max_autotune=!!python/object/apply:os.system [x]"},
+     "--inductor: 'max_autotune=!!python/object/apply:os.system [x]' is not allowed (ConstructorError); allowed: "
+     "key=value with a plain value (a number, true/false, a word, a list)"),
+    ({"seed": "99999999999999999999999"}, "--seed: 99999999999999999999999 is not allowed; allowed: an integer from 0 "
+                                          "to 2**32 - 1 (numpy's and torch's seeds both take it)"),
+    ({"seed": "-1"}, "--seed: -1 is not allowed; allowed: an integer from 0 to 2**32 - 1 (numpy's and torch's seeds "
+                     "both take it)"),
+    ({"run_id": "r" * 300}, "--run-id: 'rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr'... is 300 bytes long; allowed: a "
+                            "folder name of at most 200 bytes"),
+    ({"exp_group": "g" * 201}, "--exp-group: 'gggggggggggggggggggggggggggggggggggggggg'... is 201 bytes long; allowed: "
+                               "a folder name of at most 200 bytes"),
 ])
 def test_bad_input_gets_one_clear_line(given, message):
     with pytest.raises(UsageError) as e:
@@ -96,3 +111,13 @@ def test_synthetic_models_time_any_length():
     assert check_lengths(cfg, 8192, ["prefill", "decode"], synthetic=True) is None
     with pytest.raises(UsageError, match=r"^--decode-ctx \+ --decode-gen 32832 is longer"):
         check_lengths(cfg, 8192, ["prefill", "decode"])
+
+
+def test_a_calibration_window_longer_than_the_model_is_refused_before_any_weight_loads():
+    from gcompress_bench import models
+    from gcompress_bench.methods import calibration
+    cfg = models._config_from_file(models.REPO_ROOT / "data/models/llama3-8b-instruct.config.json")
+    with pytest.raises(UsageError) as e:
+        calibration.windows(None, cfg, {"calib_samples": 1, "calib_seq_len": 9000, "calib": "auto"}, "palu")
+    assert str(e.value) == ("--palu-calib-seq-len: 9000 is longer than the model's context of 8192 tokens; allowed: "
+                            "at most 8192")

@@ -133,7 +133,7 @@ def test_a_table_loads_from_its_run_dir_and_refuses_bad_files(tmp_path):
     (tmp_path / dimtable.TABLE_FILE).write_text(json.dumps(good))
     assert dimtable.load_table(tmp_path) == dimtable.load_table(tmp_path / dimtable.TABLE_FILE) == good
     expected = (f"allowed: a {dimtable.TABLE_FILE} written by a `-m dims` run (device_name, dtype, and series of op, "
-                "sweep, shape and points of value and p50_ms), or the run dir that holds it")
+                "sweep, shape and points of value and a finite, positive p50_ms), or the run dir that holds it")
     with pytest.raises(UsageError) as e:
         dimtable.load_table(tmp_path / "nothing")
     assert str(e.value) == f"{tmp_path / 'nothing'}: missing; {expected}"
@@ -142,10 +142,12 @@ def test_a_table_loads_from_its_run_dir_and_refuses_bad_files(tmp_path):
     with pytest.raises(UsageError) as e:
         dimtable.load_table(bad)
     assert str(e.value) == f"{bad}: not readable JSON (JSONDecodeError); {expected}"
-    bad.write_text(json.dumps({**good, "series": [{**good["series"][0], "points": [{"value": "358", "p50_ms": 1}]}]}))
-    with pytest.raises(UsageError) as e:
-        dimtable.load_table(bad)
-    assert str(e.value) == f"{bad}: malformed; {expected}"
+    for point in ({"value": "358", "p50_ms": 1}, {"value": 358, "p50_ms": float("nan")}, {"value": 358, "p50_ms": 0},
+                  {"value": 358, "p50_ms": float("inf")}):   # a NaN would reach the method's facts and the raw log
+        bad.write_text(json.dumps({**good, "series": [{**good["series"][0], "points": [point]}]}))
+        with pytest.raises(UsageError) as e:
+            dimtable.load_table(bad)
+        assert str(e.value) == f"{bad}: malformed; {expected}", point
     with pytest.raises(UsageError) as e:
         dimtable.check_device(good, "cpu")
     assert str(e.value) == ("dims table: a table measured on 'NVIDIA H200' is not applied on "

@@ -3,6 +3,7 @@ read by the suite with no fallback, and checked against independent computations
 import hashlib
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -22,7 +23,7 @@ def offline_python(home, code):
     """Run `code` in a fresh interpreter reading only the stand-in's cache; its last stdout line is JSON."""
     env = {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
-                          env={**__import__("os").environ, **env})
+                          env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -58,7 +59,9 @@ print(json.dumps(out))
     assert missing and all(m.endswith(".py") or m in (".huggingface.yaml", "dataset_infos.json") for m in missing)
     assert "snapshots" in str(next((standin_hf_home / "hub").rglob("model.safetensors")))
     # populate stopped its server by PID and left nothing of it behind
-    assert subprocess.run(["pgrep", "-f", "hub_standin.py serve"], capture_output=True).returncode == 1
+    # (its port file is in this cache: another test process may be serving a cache of its own)
+    assert subprocess.run(["pgrep", "-f", f"hub_standin.py serve --port-file {standin_hf_home}/"],
+                          capture_output=True).returncode == 1
     assert not list(standin_hf_home.glob(".standin-port-*"))
 
 
@@ -113,9 +116,13 @@ def test_check_only_names_every_input_and_writes_nothing(standin_hf_home, tmp_pa
     assert "gcompress-bench check: every input found; nothing was run or written" in proc.stdout
     assert not (tmp_path / "r").exists()
     # the same check against an HF cache without the datasets: exit 1, each fallback named
+    # and on an empty suite cache: the packaged model is read for the check, and nothing is stored
     bare = run_cli("gcompress_bench.llm_eval", *args[:5], "smollm2-135m", *args[6:],
-                   env_extra={"HF_HOME": str(tmp_path / "empty")})
+                   env_extra={"HF_HOME": str(tmp_path / "empty"), "GCOMPRESS_CACHE": str(tmp_path / "cold")})
     assert bare.returncode == 1, bare.stdout + bare.stderr
+    exported = re.search(r"check: model smollm2-135m: (\S+) \(not in the cache: exported to a temporary folder for "
+                         r"this check, not stored\)", bare.stdout)
+    assert exported and not (tmp_path / "cold").exists() and not os.path.exists(exported[1])   # removed at exit
     assert "lmeval hellaswag: FALLBACK: Rowan/hellaswag is not in the local HF datasets cache" in bare.stdout
     assert "palu calibration: data/calibration.txt (FALLBACK" in bare.stdout
     assert "3 input(s) would FALLBACK; nothing was run or written" in bare.stdout and not (tmp_path / "r").exists()
@@ -123,10 +130,12 @@ def test_check_only_names_every_input_and_writes_nothing(standin_hf_home, tmp_pa
 
 DIRECT = """
 import json, lm_eval
-out = {}
+from lm_eval.tasks import TaskManager
+out, tasks = {}, TaskManager()   # one index of lm-eval's task YAMLs for both calls
 for shots in (0, 1):
     res = lm_eval.simple_evaluate(model="hf", model_args="pretrained=%s,dtype=float32", tasks=["piqa", "hellaswag"],
-                                  num_fewshot=shots, limit=%d, batch_size=8, device="cpu", log_samples=True)
+                                  num_fewshot=shots, limit=%d, batch_size=8, device="cpu", log_samples=True,
+                                  task_manager=tasks)
     for task in ("piqa", "hellaswag"):
         items = sorted(res["samples"][task], key=lambda s: s["doc_id"])
         out[f"test_lmeval[{task}-{shots}shot]"] = {
@@ -140,7 +149,7 @@ print(json.dumps(out, default=str))
 def test_lmeval_builtin_tasks_equal_a_direct_lm_eval_call(standin_hf_home, tmp_path):
     """lm-eval's own piqa/hellaswag definitions on the cached datasets, cell by cell and item by item
     against simple_evaluate(model="hf", ...) loading the same model id from the same cache."""
-    limit = 30
+    limit = 6
     proc = run_cli("gcompress_bench.llm_eval", "--variant", "baseline", "--suite", "lmeval", "--model", HF_ID,
                    "--tasks", "piqa,hellaswag", "--limit", str(limit), "--fewshot", "0,1", "--out", str(tmp_path),
                    "--run-id", "lm", env_extra={"HF_HOME": str(standin_hf_home)})

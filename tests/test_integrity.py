@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from gcompress_bench import cache, config, methods, models
@@ -108,7 +109,7 @@ def test_weights_id_follows_the_weight_files_not_their_names(tmp_path, smol_spec
     save_file({"w": torch.zeros(4)}, folder / "model.safetensors")
     spec = models.resolve(str(folder), {})
     first = models.weights_id(spec)
-    assert first == "sha256 " + cache.sha256(folder / "model.safetensors")
+    assert first == "blocks-sha256 " + cache.digest(folder / "model.safetensors")
     time.sleep(0.01)
     save_file({"w": torch.ones(4)}, folder / "model.safetensors")   # replaced in place: same name, new weights
     assert models.weights_id(spec) not in (first, None)
@@ -121,12 +122,14 @@ def test_weights_id_follows_the_weight_files_not_their_names(tmp_path, smol_spec
 def test_a_corrupt_whitening_entry_is_rebuilt_and_the_record_says_so(smol_spec, tmp_path):
     cold = tmp_path / "cache"
     shutil.copytree(smol_spec.path, cold / "models" / "smollm2-135m")   # a sound model entry, checksums included
-    args = ["--variant", "palu", "--suite", "ppl", "--ppl-corpus", str(REPO / "data/tiny_corpus.txt"),
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((REPO / "data/tiny_corpus.txt").read_text()[:3000])
+    args = ["--variant", "palu", "--suite", "ppl", "--ppl-corpus", str(corpus),
             "--ppl-seq-len", "256", "--palu-calib-samples", "2", "--out", str(tmp_path / "r")]
     env = {"GCOMPRESS_CACHE": str(cold)}
     for run_id in ("first", "second"):
         if run_id == "second":   # overwrite 4 KB inside the cached factors: torch.load would still read them
-            (entry,) = (cold / "whiten").glob("*/factors.pt")
+            (entry,) = (cold / "whiten").glob("*/calibrated.pt")
             with open(entry, "r+b") as f:
                 f.seek(entry.stat().st_size // 2)
                 f.write(os.urandom(4096))
@@ -135,7 +138,7 @@ def test_a_corrupt_whitening_entry_is_rebuilt_and_the_record_says_so(smol_spec, 
     calib = {r: json.loads((tmp_path / "r/default" / r / "raw.json").read_text())["method_facts"]["calibration"]
              for r in ("first", "second")}
     assert calib["first"]["cache_status"] == "built"
-    assert calib["second"]["cache_status"].startswith(f"rebuilt: {entry} does not match its stored sha256")
+    assert calib["second"]["cache_status"].startswith(f"rebuilt: {entry} does not match its stored digest")
     ppl = [json.loads((tmp_path / "r/default" / r / "raw.json").read_text())["cells"]["test_ppl[S256]"]["ppl"]
            for r in ("first", "second")]
     assert ppl[0] == ppl[1]
@@ -153,7 +156,7 @@ def test_a_truncated_model_cache_is_found_and_rebuilt(smol_spec, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "GCOMPRESS_CACHE": str(cold), "PYTHONPATH": str(REPO / "src")})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.splitlines()[-1]).startswith(f"rebuilt: {weights} does not match its stored sha256")
+    assert json.loads(proc.stdout.splitlines()[-1]).startswith(f"rebuilt: {weights} does not match its stored digest")
     assert weights.stat().st_size == os.path.getsize(os.path.join(smol_spec.path, "model.safetensors"))
     assert cache.problem(weights.parent) is None
 
@@ -223,7 +226,24 @@ def bad_cases(d):
     """(cli, args, the one stderr line, or None for any gcompress-bench line): the issue's cases by name,
     then generated bad values for every option."""
     ppl, palu_ppl = ["--suite", "ppl"], ["--variant", "palu", "--suite", "ppl"]
+    suites = yaml.safe_load((REPO / "experiments/llm_suites.yaml").read_text())
+    del suites["defaults"]["ppl"]["stride"]
+    (d / "no_stride.yaml").write_text(yaml.safe_dump(suites))
     named = [
+        ("llm_eval", [*ppl, "--ppl-corpus", "wikitext2"], "--ppl-corpus: WikiText-2 is not in the local HF datasets "
+                                                          "cache"),
+        ("llm_eval", [*ppl, "--suites-file", str(d / "no_stride.yaml")],
+         f"suite file {d / 'no_stride.yaml'}: ppl.stride is missing (in defaults and in profile quick)"),
+        ("llm_run", ["--variant", "palu", "--align-policy", "round:²"], "N must be an integer from 1 to 1024"),
+        ("llm_run", ["--variant", "palu", "--align-policy", "pad:1000000000"], "N must be an integer from 1 to 1024"),
+        ("llm_run", ["--inductor", "max_autotune=[unclosed"], "--inductor: 'max_autotune=[unclosed' is not allowed "
+                                                              "(ParserError)"),
+        ("llm_run", ["--inductor", "x=!!python/object/apply:os.system [touch pwned]"], "(ConstructorError)"),
+        ("llm_run", ["--seed", "99999999999999999999999"], "--seed: 99999999999999999999999 is not allowed"),
+        ("llm_run", ["--run-id", "r" * 300], "--run-id: 'rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr'... is 300 bytes"),
+        ("llm_run", ["--variant", "palu", "--palu-calib-seq-len", "9000"], "--palu-calib-seq-len: 9000 is longer than "
+                                                                          "the model's context of 8192 tokens"),
+        ("llm_run", ["--exp-gr", "x"], "llm_run: --exp-gr: unknown option; closest: --exp-group (see --help)"),
         ("llm_eval", [*ppl, "--ppl-corpus", str(d / "empty.txt")], f"--ppl-corpus: '{d}/empty.txt' is empty"),
         ("llm_eval", [*ppl, "--ppl-corpus", "/bin/ls"], "--ppl-corpus: '/bin/ls' is not UTF-8 text (a binary file"),
         ("llm_eval", [*ppl, "--ppl-corpus", str(d / "short.txt")],

@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 from gcompress_bench import UsageError, models
-from gcompress_bench.config import resolve
 from gcompress_bench.measure import layout
 from gcompress_bench.measure.timing import Clock
 from gcompress_bench.methods.asvd.lowrank import LowRankLinear
 from gcompress_bench.methods.palu.factors import GroupUp
 from gcompress_bench.suites import infer
 
+from .conftest import smollm2
 from .test_latent import _compressed, lockstep
 
 pytestmark = pytest.mark.system
@@ -20,16 +20,17 @@ pytestmark = pytest.mark.system
 
 @pytest.fixture(scope="module")
 def built():
-    """SmolLM2 in fp32 as three methods build it: baseline, palu with a full cache, palu's latent cache."""
+    """SmolLM2's first two layers in fp32 as three methods build them: baseline, palu with a full cache, palu's
+    latent cache."""
     full, lat, _ = _compressed("float32")
-    base = models.load(models.resolve("smollm2-135m", resolve({})["models"]), "float32", torch.device("cpu")).model
+    base = smollm2("float32", layers=2).model
     return {"baseline": base, "palu": full, "palu-latent": lat, "palu-gs1": _compressed("float32", group_size=1)[0]}
 
 
 def fused(model):
     out = copy.deepcopy(model)
     facts = layout.apply(out, "fused")
-    assert facts["layout"] == "fused" and facts["layers"] == 30
+    assert facts["layout"] == "fused" and facts["layers"] == len(model.model.layers) == 2
     return out
 
 
@@ -78,7 +79,7 @@ def test_two_stage_projections_fuse_their_first_stages(built):
 
 def test_a_projection_without_stages_is_refused(built):
     hf = copy.deepcopy(built["baseline"])
-    hf.model.layers[3].self_attn.k_proj = nn.Sequential(hf.model.layers[3].self_attn.k_proj)
+    hf.model.layers[1].self_attn.k_proj = nn.Sequential(hf.model.layers[1].self_attn.k_proj)
     with pytest.raises(UsageError, match=r"^--layout fused: a Sequential projection has no stages\(\) to stack; "
                                          r"allowed: --layout hf, or a projection that is an nn.Linear or defines "
                                          r"stages\(\)$"):

@@ -260,3 +260,14 @@ def test_longctx_suite_baseline_against_palu_latent_end_to_end(tmp_path):
     assert "![longctx_passkey.png](plots/longctx_passkey.png)" in md
     assert (root / "default" / "latent" / "plots" / "longctx_passkey.png").stat().st_size > 0
     assert f"- test_longctx[passkey-L256]: palu {np.mean(b):.4f} vs baseline {np.mean(a):.4f}" in md
+
+
+def test_depths_that_print_alike_are_refused():
+    """A cell keeps its accuracy per depth under the printed depth: two depths printed alike would share one
+    entry and keep one item's score."""
+    g = {"tasks": ["passkey"], "depths": [0.5, 0.5000001], "lengths": [1024], "items": 2, "max_new_tokens": 12}
+    with pytest.raises(UsageError) as e:
+        longctx.check_grid(g)
+    assert str(e.value) == ("--longctx-depths: 0.5,0.5000001 holds depths that print alike (0.5) and would share one "
+                            "entry; allowed: depths that differ in their first 6 significant digits")
+    longctx.check_grid({**g, "depths": [0.5, 0.50001]})   # 0.5 and 0.50001: two entries

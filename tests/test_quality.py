@@ -8,12 +8,12 @@ import torch
 
 from gcompress_bench import models
 from gcompress_bench.config import resolve
-from gcompress_bench.results.paired import mcnemar_exact
+from gcompress_bench.results.stats import mcnemar_exact
 from gcompress_bench.suites import lmeval
 from gcompress_bench.suites.ppl import evaluate as ppl_evaluate
 from gcompress_bench.suites.ppl import windows
 
-from .conftest import REPO, run_cli
+from .conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -116,23 +116,18 @@ def test_mcnemar_exact_against_scipy(b, c):
 
 
 @pytest.mark.system
-def test_llm_eval_cli_both_variants_with_paired_comparison(tmp_path):
-    common = ["--out", str(tmp_path), "--tasks", "piqa", "--fewshot", "0", "--limit", "6", "--ppl-seq-len", "256"]
-    for suite in ("ppl", "lmeval"):
-        base = run_cli("gcompress_bench.llm_eval", "--variant", "baseline", "--suite", suite, "--run-id", f"b-{suite}",
-                       *common)
-        assert base.returncode == 0, base.stdout + base.stderr
-        palu = run_cli("gcompress_bench.llm_eval", "--variant", "palu", "--suite", suite, "--run-id", f"p-{suite}",
-                       "--baseline-run", str(tmp_path / "default" / f"b-{suite}"), *common)
-        assert palu.returncode == 0, palu.stdout + palu.stderr
-        summary = json.loads((tmp_path / "default" / f"p-{suite}" / "summary.json").read_text())
-        md = (tmp_path / "default" / f"p-{suite}" / "run_summary.md").read_text()
-        assert summary["iterations"] is None and "iterations" not in md and "prefill" not in md
-        assert not (tmp_path / "default" / f"p-{suite}" / "plots").exists()
-        assert md.splitlines()[4].startswith("- palu: requested ratio 0.7 (KV cut 0.3000); effective KV cut 0.3333")
-        (cell, paired), = summary["paired"]["cells"].items()
-        if suite == "ppl":
-            assert paired["same_windows"] and paired["ppl_ratio"] > 1
-        else:
-            assert paired["n_paired"] == 6 and 0 <= paired["acc"]["mcnemar_p"] <= 1
-            assert summary["cells"][cell]["source"].startswith("FALLBACK")
+@pytest.mark.parametrize("suite", ["ppl", "lmeval"])
+def test_llm_eval_cli_both_variants_with_paired_comparison(quick_group, suite):
+    g = quick_group / "g"
+    summary = json.loads((g / f"palu-{suite}" / "summary.json").read_text())
+    md = (g / f"palu-{suite}" / "run_summary.md").read_text()
+    assert summary["iterations"] is None and "iterations" not in md and "prefill" not in md
+    assert not (g / f"palu-{suite}" / "plots").exists()
+    assert md.splitlines()[4].startswith("- palu: requested ratio 0.7 (KV cut 0.3000); effective KV cut 0.3333")
+    assert summary["paired"]["baseline_run"] == str(g / f"baseline-{suite}")
+    (cell, paired), = summary["paired"]["cells"].items()
+    if suite == "ppl":
+        assert paired["same_windows"] and paired["ppl_ratio"] > 1
+    else:
+        assert paired["n_paired"] == 6 and 0 <= paired["acc"]["mcnemar_p"] <= 1
+        assert summary["cells"][cell]["source"].startswith("FALLBACK")

@@ -8,32 +8,21 @@ import sys
 import pytest
 from matplotlib.image import imread
 
+from gcompress_bench import cli
 from gcompress_bench.measure import ops
 from gcompress_bench.results import comparison, plots, report
+from gcompress_bench.suites import tables
 
-from .conftest import REPO, TINY, run_cli
+from .conftest import REPO
 
 PNGS = ["prefill_latency.png", "prefill_speedup.png", "decode_ms_per_token.png", "decode_speedup.png",
         "memory.png", "ppl.png", "accuracy.png", "distribution.png"]
-# (run id, variant, extra options): a method's runs of one setting form one column
-RUNS = [("baseline", "baseline", []), ("palu", "palu", []), ("asvd", "asvd", [])]
 LABELS = {"palu": "palu group_size=3", "palu-latent": "palu group_size=3 cache=latent", "asvd": "asvd ratio=0.95"}
 
 
-@pytest.fixture(scope="module")
-def group(tmp_path_factory):
-    root = tmp_path_factory.mktemp("results")
-    quality = ["--ppl-seq-len", "256", "--tasks", "piqa", "--fewshot", "0", "--limit", "4"]
-    jobs = [(f"{name}-infer", "gcompress_bench.llm_run", ["--variant", variant, *TINY, "--ops-profile", "2", *extra] +
-             (["--", "-p", "tests.plugins.oom_cell"] if name == "palu" else []))
-            for name, variant, extra in RUNS + [("palu-latent", "palu", ["--palu-cache", "latent"])]]
-    jobs += [(f"{name}-{suite}", "gcompress_bench.llm_eval", ["--variant", variant, "--suite", suite, *quality, *extra])
-             for name, variant, extra in RUNS for suite in ("ppl", "lmeval")]
-    for run_id, cli, args in jobs:
-        cut = args.index("--") if "--" in args else len(args)
-        proc = run_cli(cli, *args[:cut], "--out", str(root), "--exp-group", "g", "--run-id", run_id, *args[cut:])
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return root
+@pytest.fixture
+def group(quick_group):
+    return quick_group
 
 
 def plot_tool(*args):
@@ -58,16 +47,19 @@ def test_exp_group_report_is_complete_and_matches_the_summaries(group, tmp_path)
         img = imread(out / png)
         assert 300 < img.shape[0] < 4000 and 300 < img.shape[1] < 4000, png
         assert img[..., :3].std() > 0.02, f"{png} looks blank"
-    lat = {run: _summary(group, f"{run}-infer")["test_prefill[B1-S16]"]["stats_ms"]["latency"]
-           for run in ("baseline", "asvd", "palu", "palu-latent")}
+    cells = {run: _summary(group, f"{run}-infer")["test_prefill[B1-S16]"] for run in ("baseline", "asvd", "palu",
+                                                                                      "palu-latent")}
+    lat = {run: c["stats_ms"]["latency"] for run, c in cells.items()}
+    # a p50 the host set is marked so (tests share the cores, so any cell may be)
+    p50 = {run: f"{lat[run]['p50']:.3f}" + (" **host-bound**" if c["host_bound"] else "") for run, c in cells.items()}
     base = lat["baseline"]
-    row = f"| test_prefill[B1-S16] | {base['p50']:.3f} | {base['p99']:.3f} | " + " | ".join(
-        f"{lat[r]['p50']:.3f} | {lat[r]['p99']:.3f} | {base['p50'] / lat[r]['p50']:.3f}x"
+    row = f"| test_prefill[B1-S16] | {p50['baseline']} | {base['p99']:.3f} | " + " | ".join(
+        f"{p50[r]} | {lat[r]['p99']:.3f} | {base['p50'] / lat[r]['p50']:.3f}x"
         for r in ("asvd", "palu", "palu-latent")) + " |"
     assert row in md
-    # the palu OOM cell is shown as missing with its reason, never dropped; the other candidates ran it
+    # the palu-latent OOM cell is shown as missing with its reason, never dropped; the other candidates ran it
     b2 = md.split("| test_prefill[B2-S16] |")[1].split("\n")[0].rstrip(" |").split(" | ")
-    assert b2[5].startswith("skipped: OOM") and b2[7] == "missing" and b2[4].endswith("x") and b2[10].endswith("x")
+    assert b2[8].startswith("skipped: OOM") and b2[10] == "missing" and b2[4].endswith("x") and b2[7].endswith("x")
     ppl = {run: _summary(group, f"{run}-ppl")["test_ppl[S256]"]["ppl"] for run in ("baseline", "asvd", "palu")}
     assert (f"| test_ppl[S256] | {ppl['baseline']:.4f} | {ppl['asvd']:.4f} | {ppl['asvd'] / ppl['baseline']:.4f} "
             f"(same windows) | {ppl['palu']:.4f} | {ppl['palu'] / ppl['baseline']:.4f} (same windows) | not in these "
@@ -84,11 +76,11 @@ def test_exp_group_report_is_complete_and_matches_the_summaries(group, tmp_path)
 def test_figures_hold_the_series_they_should(group):
     g = group / "g"
     rep, (b, p, a) = comparison.build([g / "baseline-infer", g / "baseline-ppl"],
-                                      {"palu": [g / "palu-infer", g / "palu-ppl"], "asvd": [g / "asvd-infer"]})
+                                      {"palu": [g / "palu-latent-infer"], "asvd": [g / "asvd-infer"]})
     fig = plots.prefill_latency({"baseline": b["cells"], "palu": p["cells"], "asvd": a["cells"]}, "m")
     lines = {c.get_label(): c.lines[0].get_ydata() for c in fig.axes[0].containers}
     assert set(lines) == {"baseline", "palu", "asvd"}          # one panel per batch: this is B=1
-    assert {c.get_label() for c in fig.axes[1].containers} == {"baseline", "asvd"}   # palu B=2 ran out of memory
+    assert {c.get_label() for c in fig.axes[1].containers} == {"baseline", "asvd"}   # its B=2 ran out of memory
     assert lines["palu"][0] == p["cells"]["test_prefill[B1-S16]"]["stats_ms"]["latency"]["p50"]
     heat = {r["cell"]: r["speedup"] for r in rep["prefill"]}
     assert heat["test_prefill[B2-S16]"]["palu"] is None and heat["test_prefill[B1-S16]"]["palu"] > 0
@@ -118,6 +110,45 @@ def test_cross_machine_comparison_is_flagged(group, tmp_path):
     assert any(w.startswith("runs differ in torch:") for w in rep["warnings"])
 
 
+@pytest.mark.system
+@pytest.mark.parametrize("run, edit, line", [
+    ("palu-ppl", lambda raw: raw.replace('"ppl": ', '"ppl": NaN, "was": ', 1),
+     "raw.json: not strict JSON (NaN is not a JSON number); the file was edited or corrupted"),
+    ("palu-ppl", lambda raw: raw.replace('"status": "ok"', '"status": 5', 1),
+     "raw.json: cell 'test_ppl[S256]' has no status of ok, skipped, failed; not a gcompress-bench record"),
+    ("palu-ppl", lambda raw: json.dumps({**json.loads(raw), "cells": {k: {**v, "ppl": "abc"} for k, v in
+                                                                      json.loads(raw)["cells"].items()}}),
+     "palu-ppl: raw.json, config.json or env.json is malformed (TypeError: unsupported operand type(s) for /: 'str' "
+     "and 'float')"),   # its summary pairs it with its --baseline-run
+    ("baseline-ppl", lambda raw: json.dumps({**json.loads(raw), "cells": {k: {**v, "ppl": "abc"} for k, v in
+                                                                          json.loads(raw)["cells"].items()}}),
+     "a run dir holds a value of the wrong type (TypeError: unsupported operand type(s) for /: 'float' and 'str')"),
+])
+def test_a_corrupt_run_is_one_line_and_no_figure(group, tmp_path, capsys, run, edit, line):
+    """A raw.json edited or damaged after the run: the comparison stops with one line and exit 2, and writes
+    nothing (no partial figure)."""
+    root = _copy_group(group, tmp_path)
+    raw = root / "g" / run / "raw.json"
+    raw.write_text(edit(raw.read_text()))
+    out = tmp_path / "rep"
+    assert cli.compare(["--reference", str(root / "g/baseline-ppl"), "--candidate", f"palu={root / 'g/palu-ppl'}",
+                        "--out", str(out)]) == 2
+    (err,) = capsys.readouterr().err.splitlines()
+    assert line in err and not out.exists(), err
+
+
+@pytest.mark.system
+def test_an_out_that_is_a_file_and_a_missing_jobs_file_are_one_line(group, tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    assert cli.compare(["--exp-group", "g", "--results-root", str(group), "--out", str(tmp_path / "f")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"gcompress-bench compare: --out: {tmp_path / 'f'} is a file; allowed: a folder (made if missing)"]
+    assert cli.compare(["--exp-group", "g", "--results-root", str(group), "--jobs", str(tmp_path / "none.md")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"gcompress-bench compare: --jobs: '{tmp_path / 'none.md'}' can't be read (No such file or directory); "
+        "allowed: a markdown file"]
+
+
 def test_truncated_raw_json_is_named(tmp_path):
     run = tmp_path / "g" / "r"
     run.mkdir(parents=True)
@@ -133,7 +164,7 @@ def test_truncated_raw_json_is_named(tmp_path):
 
 
 def _copy_group(group, tmp_path, edit=None):
-    """The fixture's six runs in a new results root, plus a copy of one run with its config.json edited."""
+    """The shared runs in a new results root, plus a copy of one run with its config.json edited."""
     root = tmp_path / "results"
     shutil.copytree(group / "g", root / "g")
     if edit:
@@ -233,9 +264,9 @@ def test_profiles_sorted_by_different_tables_are_labelled():
 
 def test_a_host_bound_cell_is_marked_in_comparison_tables():
     ms = "{:.3f}".format
-    assert comparison._p50({"p50": 20.5, "host_bound": True}, ms) == "20.500 **host-bound**"
-    assert comparison._p50({"p50": 5.0, "host_bound": False}, ms) == "5.000"
-    assert comparison._p50({"missing": "not run"}, ms) == "not run"
+    assert tables.p50({"p50": 20.5, "host_bound": True}, ms) == "20.500 **host-bound**"
+    assert tables.p50({"p50": 5.0, "host_bound": False}, ms) == "5.000"
+    assert tables.p50({"missing": "not run"}, ms) == "not run"
 
 
 def test_a_suite_split_into_pieces_costs_their_sum(tmp_path):

@@ -50,6 +50,7 @@ def test_a_record_that_is_not_strict_json_is_refused_and_jams_nothing(tmp_path):
     log.finish()
     raw = json.loads((tmp_path / "raw.json").read_text())
     assert list(raw["cells"]) == ["c0", "c2"] and "facts" not in raw
+    assert [r.split(":")[0] for r in raw["refused"]] == ["cell c1", "facts ['facts']"]   # and the refusals are on record
 
 
 def test_a_killed_runs_cells_are_read_from_its_cell_log_and_a_torn_line_is_left_out(tmp_path):

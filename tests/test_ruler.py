@@ -7,7 +7,7 @@ import torch
 
 from gcompress_bench import fmt, models
 from gcompress_bench.config import resolve
-from gcompress_bench.results import comparison, paired, report
+from gcompress_bench.results import paired, report
 from gcompress_bench.suites import lmeval
 
 from .conftest import run_cli
@@ -86,16 +86,18 @@ def test_paired_ruler_cell_means_scores_and_tests_fully_right_items():
     assert cell == {"n_paired": 5, "same_docs": True, "score": {
         "reference": 0.7, "candidate": 0.5, "diff": pytest.approx(-0.2), "only_reference_right": 2,
         "only_candidate_right": 1, "mcnemar_p": 1.0}}
-    lines = report._paired_markdown({"baseline_run": "b", "cells": {"c": cell}}, "palu")
+    summary = lambda c: {"paired": {"baseline_run": "b", "cells": {"c": c}}, "cells": {"c": {"suite": "lmeval"}},  # noqa: E731
+                         "variant": "palu"}
+    lines = report._paired_markdown(summary(cell))
     assert lines[-1] == ("- c score: palu 0.5000 vs baseline 0.7000 (diff -0.2000 over 5 paired items; only baseline "
                          "right 2, only palu right 1; exact McNemar p = 1.0000)")
     palu["data"]["docs_sha256"] = "other"
     cell = paired.compare_cells({"c": base}, {"c": palu})["c"]
-    assert report._paired_markdown({"baseline_run": "b", "cells": {"c": cell}}, "palu")[-1].endswith(
+    assert report._paired_markdown(summary(cell))[-1].endswith(
         "p = 1.0000; **DIFFERENT documents: not comparable**)")
     row = {"values": {"baseline": {"missing": "not run"}, "palu": {"score": 0.5, "length": LENGTH}}}
-    assert comparison._lmeval_metrics(row) == ("score",)
-    assert comparison._lmeval_metrics({"values": {"baseline": {"acc": 0.5, "length": None}}}) == ("acc", "acc_norm")
+    assert lmeval.row_metrics(row) == ("score",)
+    assert lmeval.row_metrics({"values": {"baseline": {"acc": 0.5, "length": None}}}) == ("acc", "acc_norm")
 
 
 def _refused(tmp_path, *args):

@@ -13,7 +13,7 @@ from itertools import product
 
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, SHORT_CORPUS
 
 pytestmark = pytest.mark.system
 LAUNCH = REPO / "slurm" / "launch_llm_night.sh"
@@ -22,11 +22,12 @@ SUITES = ("infer_sweep", "ppl", "lmeval")
 PLUGIN = {"GCOMPRESS_METHODS": "tests.plugins.toy_method"}   # registers the method "mlpprune" (--mlpprune-keep)
 GRID = ("--prefill-batch=1,2 --prefill-seq-len=16 --decode-ctx=16 --decode-gen=4 --decode-batch=1 --warmup=1 "
         "--iters=3 --trials=1 --ppl-seq-len=256 --fewshot=0")
+CALIB = " --palu-calib-samples=2"   # the palu jobs' whitening: 2 windows are plumbing enough
 SMALL = ["--no-gpu", "--model", "smollm2-135m", "--profile", "quick", "--tasks", "piqa", "--limit", "4",
-         "--job-args", GRID]
+         "--job-args", GRID + CALIB + f" --ppl-corpus={SHORT_CORPUS}"]
 HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 NIGHT = ["--no-gpu", "--model", HF_ID, "--profile", "quick", "--tasks", "piqa,hellaswag", "--limit", "8",
-         "--job-args", GRID]
+         "--job-args", GRID + CALIB]
 JOB_RES = ["--", "--mem=1500M", "--cpus-per-task=1"]   # the local partition oversubscribes its 2 cores
 
 
@@ -190,6 +191,12 @@ def test_a_plugin_night_runs_and_is_reported_against_baseline(slurm, tmp_path):
     (["--variants", "baseline", "--suites", "ppl", "--model", "llama3-8b-shape"],
      "the baseline jobs would stop at once: gcompress-bench: --model: 'llama3-8b-shape' has synthetic weights"),
     (["--job-args", "--palu-group-size 2"], "gcompress-bench: --palu-group-size: 2 does not divide smollm2-135m's"),
+    (["--variants", "baseline", "--suites", "ppl", "--exp-group", "../../../x"],
+     "the baseline jobs would stop at once: gcompress-bench: --exp-group: '../../../x' is not allowed; allowed: one "
+     "folder name (no '/', not '.' or '..')"),
+    (["--variants", "baseline", "--suites", "infer_sweep", "--shards", "100", "--job-args", "--prefill-batch=1 "
+      "--prefill-seq-len=16 --decode-batch=1 --decode-ctx=16 --decode-gen=4"],
+     "--shards: 100 is more than the 2 infer_sweep cells; allowed: 1 to 2"),
 ])
 def test_launcher_refuses_bad_input_before_submitting_or_creating_anything(tmp_path, args, line):
     proc = subprocess.run(["bash", str(LAUNCH), "--dry-run", "--results-root", str(tmp_path / "r"), "--reports-root",

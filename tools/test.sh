@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
-exec .venv/bin/python -m pytest tests "$@"
+# One worker per core, at most 4 (each loads models); tests that share a session's runs or a local Slurm stay on
+# one worker (tests/conftest.py). A later `-n 0` runs them all in this process.
+workers=$(nproc); [ "$workers" -le 4 ] || workers=4
+exec .venv/bin/python -m pytest tests -n "$workers" --dist loadgroup "$@"

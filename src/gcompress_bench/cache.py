@@ -1,13 +1,16 @@
-"""Shared on-disk caches (dequantized models, whitening factors): verified on every use, and safe
-when a night's jobs all start on a cold cache at the same moment.
+"""Shared on-disk caches (dequantized models, whitening factors): verified by content, and safe when a
+night's jobs all start on a cold cache at the same moment.
 
 An entry is a folder built once per key: the first process takes the key's lock, builds into a name
-of its own, stores a sha256 of every file beside them, and renames the folder into place; the others
-wait on the lock and then find the finished entry. Every use checks the stored sha256s, so a
-truncated or overwritten file is found, and the entry is rebuilt (and the caller told why) instead of
-feeding a wrong model or NaN factors into a run. The rename alone keeps readers from ever seeing half
-an entry, so where file locks don't work (some network filesystems) the worst case is duplicated
-work. Lock files (`.<name>.lock`, empty) and remembered hashes (`.sha256-memo/`) stay beside the entries.
+of its own, stores a digest of every file beside them, and renames the folder into place; the others
+wait on the lock and then find the finished entry. Each process hashes an entry's files the first time it
+uses them (the digest is a sha256 over 64 MiB blocks, hashed in parallel), so a truncated or overwritten
+file is found whatever its metadata says, and the entry is rebuilt (and the caller told why) instead of
+feeding a wrong model or NaN factors into a run. Reading a sound entry writes nothing and takes no lock:
+a read-only cache, or another user's, is used as it is. The rename alone keeps readers from ever seeing
+half an entry, so where file locks don't work (some network filesystems) the worst case is duplicated
+work. Lock files (`.<name>.lock`, empty) stay beside the entries; a build killed before its rename leaves
+a `.<name>.tmp-<pid>-…` folder, removed by the next build of that key once its process is gone.
 """
 import contextlib
 import fcntl
@@ -16,10 +19,12 @@ import json
 import os
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-CHECKSUMS = ".sha256.json"
-MEMO = ".sha256-memo"   # sha256 of unchanged files (same path, size, mtime, inode), so a check costs a stat
+CHECKSUMS = ".blocks-sha256.json"
+BLOCK = 64 * 2**20      # a digest's block: blocks of one file hash on separate threads
+_digests = {}           # this process's digests, by (real path, size, mtime, inode)
 
 
 def sha256(path):
@@ -30,20 +35,28 @@ def sha256(path):
     return h.hexdigest()
 
 
-def file_sha256(path, memo_dir):
-    """sha256 of a large file, remembered by its path, size, mtime and inode, so an unchanged file is
-    hashed once and a file replaced in place is hashed again."""
+def _block(path, i):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(i * BLOCK)
+        left = BLOCK
+        while left and (chunk := f.read(min(left, 2**22))):
+            h.update(chunk)
+            left -= len(chunk)
+    return h.digest()
+
+
+def digest(path):
+    """A file's content digest: the sha256 of its 64 MiB blocks' sha256s, the blocks hashed on a thread
+    pool (hashlib releases the GIL), so a large model checks at the disk's pace rather than one core's.
+    Hashed once per process per file version; nothing is remembered on disk, where it could go stale."""
     st = os.stat(path)
-    key = hashlib.sha1(f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}".encode()).hexdigest()
-    memo = Path(memo_dir) / key
-    with contextlib.suppress(OSError):
-        return memo.read_text()
-    digest = sha256(path)
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _private(memo, "tmp")
-    tmp.write_text(digest)
-    os.replace(tmp, memo)
-    return digest
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _digests:
+        n = max(1, -(-st.st_size // BLOCK))
+        with ThreadPoolExecutor(min(n, os.cpu_count() or 1)) as pool:
+            _digests[key] = hashlib.sha256(b"".join(pool.map(lambda i: _block(path, i), range(n)))).hexdigest()
+    return _digests[key]
 
 
 @contextlib.contextmanager
@@ -61,15 +74,15 @@ def _private(target, what):
 
 
 def checksums(folder):
-    """{relative path: sha256} of every file in `folder` (the stored checksums excepted)."""
+    """{relative path: digest} of every file in `folder` (the stored checksums excepted)."""
     folder = Path(folder)
-    return {p.relative_to(folder).as_posix(): sha256(p) for p in sorted(folder.rglob("*"))
+    return {p.relative_to(folder).as_posix(): digest(p) for p in sorted(folder.rglob("*"))
             if p.is_file() and p.name != CHECKSUMS}
 
 
 def problem(folder):
-    """None when every file matches the sha256 stored when the entry was built, else what is wrong. A file
-    written to or truncated since its last check (a new mtime or size) is hashed again."""
+    """None when every file's content matches the digest stored when the entry was built, else what is
+    wrong. Writes nothing."""
     folder = Path(folder)
     try:
         stored = json.loads((folder / CHECKSUMS).read_text())
@@ -77,11 +90,11 @@ def problem(folder):
         return f"{folder / CHECKSUMS} is missing or unreadable"
     for name, want in stored.items():
         try:
-            got = file_sha256(folder / name, folder.parent / MEMO)
+            got = digest(folder / name)
         except OSError:
             return f"{folder / name} is missing"
         if got != want:
-            return f"{folder / name} does not match its stored sha256 ({got[:12]}, stored {want[:12]})"
+            return f"{folder / name} does not match its stored digest ({got[:12]}, stored {want[:12]})"
     return None
 
 
@@ -95,6 +108,7 @@ def entry(target, build):
         why = problem(target) if target.exists() else None
         if target.exists() and why is None:   # another process rebuilt it while this one waited
             return "hit"
+        _remove_orphans(target)
         if why:
             aside = _private(target, "corrupt")
             with contextlib.suppress(FileNotFoundError):
@@ -105,6 +119,7 @@ def entry(target, build):
             tmp.mkdir()
             build(tmp)
             (tmp / CHECKSUMS).write_text(json.dumps(checksums(tmp), indent=1))
+            _share(tmp)
             try:
                 os.rename(tmp, target)   # atomic; a folder can't replace a non-empty one
             except OSError:
@@ -114,3 +129,30 @@ def entry(target, build):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return f"rebuilt: {why}" if why else "built"
+
+
+def _remove_orphans(target):
+    """Temporary folders of this key whose building process is gone (killed before its rename)."""
+    for left in target.parent.glob(f".{target.name}.*-*-*"):
+        kind, pid = left.name[len(target.name) + 2:].rsplit("-", 2)[:2]
+        if kind in ("tmp", "corrupt") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True   # another user's process
+    return True
+
+
+def _share(folder):
+    """Every file and folder of a new entry readable as the umask allows (a library may have written a file
+    0600): a cache a group shares is readable by all its members."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [folder, *folder.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)

@@ -10,9 +10,28 @@ from gcompress_bench.config import option_dest, options
 from gcompress_bench.suites import marker_expr
 
 
+class Parser(argparse.ArgumentParser):
+    """Options spelled out in full (a prefix of one option must not pass for it), and a bad one is one line
+    that names it and the closest option, not the whole usage."""
+
+    def __init__(self, **kw):
+        super().__init__(allow_abbrev=False, **kw)
+
+    def error(self, message):
+        unknown = message.removeprefix("unrecognized arguments: ")
+        if unknown != message:
+            import difflib
+            first = unknown.split()[0]
+            flags = [f for a in self._actions for f in a.option_strings]
+            close = difflib.get_close_matches(first.split("=")[0], flags, n=1, cutoff=0.5)
+            message = f"{first}: unknown option" + (f"; closest: {close[0]}" if close else "") + " (see --help)"
+        print(f"{self.prog}: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def parser(prog, suites, default_suite):
-    p = argparse.ArgumentParser(prog=prog, description=f"Run the {'/'.join(suites)} suite(s) through pytest. "
-                                "Arguments after `--` go to pytest unchanged.")
+    p = Parser(prog=prog, description=f"Run the {'/'.join(suites)} suite(s) through pytest. "
+               "Arguments after `--` go to pytest unchanged.")
     p.add_argument("--suite", default=default_suite, help=f"one of: {', '.join(suites)}")
     p.add_argument("--out", help="results root (same as --results-root)")
     for flag, _, kind, help_text in options():
@@ -59,7 +78,7 @@ COMPARE_HELP = 'A reference (the baseline) against any number of candidates: rep
 
 def compare(argv, prog="gcompress-bench compare"):
     """The baseline against candidates: report.md, report.json and PNGs from run dirs."""
-    ap = argparse.ArgumentParser(prog=prog, description=COMPARE_HELP)
+    ap = Parser(prog=prog, description=COMPARE_HELP)
     ap.add_argument("--reference", nargs="+", default=[], help="the baseline's run dirs")
     ap.add_argument("--candidate", nargs="+", action="append", default=[], metavar="LABEL=RUN",
                     help="a labelled column: LABEL=RUN [RUN ...]; repeat for more columns")
@@ -72,7 +91,11 @@ def compare(argv, prog="gcompress-bench compare"):
     from gcompress_bench.results.comparison import parse_candidates, runs_of_group, write
     from gcompress_bench.results.store import ResultsError
     out = Path(args.out or Path("reports") / (args.exp_group or "comparison"))
-    jobs = Path(args.jobs).read_text() if args.jobs else ""
+    try:
+        jobs = Path(args.jobs).read_text() if args.jobs else ""
+    except OSError as e:
+        print(f"{prog}: --jobs: {args.jobs!r} can't be read ({e.strerror}); allowed: a markdown file", file=sys.stderr)
+        return 2
     try:
         ref, cands, skipped = args.reference, parse_candidates(args.candidate), []
         if args.exp_group:

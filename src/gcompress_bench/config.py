@@ -84,7 +84,11 @@ def _setting(flag, item):
     key, sep, value = item.partition("=")
     if not sep:
         raise UsageError(f"{flag}: {item!r} is not allowed; allowed: key=value, comma-separated")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as e:   # a syntax error, or a tag: safe_load builds plain values only
+        raise UsageError(f"{flag}: {item!r} is not allowed ({type(e).__name__}); allowed: key=value with a plain "
+                         "value (a number, true/false, a word, a list)") from None
 
 
 def load_suites(path=None):
@@ -150,10 +154,16 @@ def _get(cfg, dotted):
     return cfg
 
 
+NAME_MAX = 200   # bytes of a run id or exp group: a folder name, with room for a generated suffix
+
+
 def check_folder_name(flag, value):
     """A run id or exp group is one folder under the results root: never a path that leads elsewhere."""
     if not isinstance(value, str) or value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
         raise UsageError(f"{flag}: {value!r} is not allowed; allowed: one folder name (no '/', not '.' or '..')")
+    if len(value.encode()) > NAME_MAX:
+        raise UsageError(f"{flag}: {value[:40]!r}... is {len(value.encode())} bytes long; allowed: a folder name of "
+                         f"at most {NAME_MAX} bytes")
 
 
 def _validate(cfg, models):
@@ -181,7 +191,15 @@ def _validate(cfg, models):
             f"--model: unknown model {model!r}; allowed: {', '.join(models)}, "
             "an HF id (org/name) in the local HF cache, or a local model folder")
     for suite in suites.load().values():
-        suite.validate(cfg[suite.marker])
+        try:
+            suite.validate(cfg[suite.marker])
+        except KeyError as e:   # a suites file without a section, or without one of its keys
+            raise UsageError(f"suite file {cfg['suites_file']}: {suite.marker}.{e.args[0]} is missing (in defaults and "
+                             f"in profile {cfg['profile']}); allowed: a {suite.marker} section with every key of "
+                             "experiments/llm_suites.yaml's") from None
+    if not isinstance(cfg["seed"], int) or not 0 <= cfg["seed"] < 2**32:
+        raise UsageError(f"--seed: {cfg['seed']!r} is not allowed; allowed: an integer from 0 to 2**32 - 1 (numpy's "
+                         "and torch's seeds both take it)")
     if not isinstance(cfg["ops_profile"], int) or cfg["ops_profile"] < 0:
         raise UsageError(f"--ops-profile: {cfg['ops_profile']!r} is not allowed; it must be an integer >= 0 (0 = off)")
     _check_choice("--layout", cfg["layout"], LAYOUTS)

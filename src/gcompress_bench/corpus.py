@@ -55,8 +55,11 @@ def load_corpus(choice):
 
 
 def check_corpus(choice, tokenizer, seq_len):
-    """At session start: a user's corpus must be text holding at least one window."""
+    """At session start: a user's corpus must be text holding at least one window; WikiText-2, when asked for by
+    name, must be in the HF cache (auto falls back, and says so)."""
     if choice in ("auto", "wikitext2"):
+        if choice == "wikitext2":
+            load_corpus(choice)
         return
     text, _ = load_corpus(choice)
     n = len(tokenizer(text).input_ids)

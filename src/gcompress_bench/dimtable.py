@@ -2,6 +2,7 @@
 "aligned" means. A leaf, so the alignment policy (methods) and the dims suite both read it without importing
 each other."""
 import json
+import math
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ def device_name(device):
 
 
 TABLE_EXPECTED = (f"a {TABLE_FILE} written by a `-m dims` run (device_name, dtype, and series of op, sweep, shape "
-                  "and points of value and p50_ms), or the run dir that holds it")
+                  "and points of value and a finite, positive p50_ms), or the run dir that holds it")
 
 
 def load_table(path):
@@ -62,7 +63,8 @@ def _well_formed(t):
             and all(isinstance(s, dict) and s.get("op") in OPS and s.get("sweep") in OPS[s["op"]].sweeps
                     and isinstance(s.get("shape"), dict) and isinstance(s.get("points"), list)
                     and all(isinstance(p, dict) and isinstance(p.get("value"), int)
-                            and isinstance(p.get("p50_ms"), number) for p in s["points"])
+                            and isinstance(p.get("p50_ms"), number) and math.isfinite(p["p50_ms"])
+                            and p["p50_ms"] > 0 for p in s["points"])
                     for s in t["series"]))
 
 

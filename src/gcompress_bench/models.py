@@ -13,7 +13,8 @@ from pathlib import Path
 
 from gcompress_bench import REPO_ROOT, UsageError, cache
 
-CACHE_ROOT = Path(os.environ.get("GCOMPRESS_CACHE", Path.home() / ".cache" / "gcompress_bench"))
+# an empty GCOMPRESS_CACHE is unset, not the current folder
+CACHE_ROOT = Path(os.environ.get("GCOMPRESS_CACHE") or Path.home() / ".cache" / "gcompress_bench")
 SYNTHETIC_STAMP = "synthetic weights"
 
 
@@ -81,11 +82,28 @@ class LoadedModel:
         }
 
 
-def resolve(name, registry):
-    """Find a model's files and read its config, without loading weights."""
+def check_cache_root():
+    if CACHE_ROOT.exists() and not CACHE_ROOT.is_dir():
+        raise UsageError(f"GCOMPRESS_CACHE: {str(CACHE_ROOT)!r} is not a folder; allowed: a folder (made if missing), "
+                         "or unset for ~/.cache/gcompress_bench")
+
+
+def resolve(name, registry, store=True):
+    """Find a model's files and read its config, without loading weights. store=False (--check-only) writes
+    nothing: a packaged model not yet in the cache is exported to a temporary folder, removed at exit."""
     entry = registry.get(name)
     if entry and entry["kind"] == "gguf_package":
+        check_cache_root()
         folder = CACHE_ROOT / "models" / name
+        if not store and (not folder.exists() or cache.problem(folder)):
+            import atexit
+            import shutil
+            import tempfile
+            folder = Path(tempfile.mkdtemp(prefix="gcompress-check-"))
+            atexit.register(shutil.rmtree, folder, True)
+            _export_gguf(name, entry, folder)
+            return ModelSpec(name, "gguf_package", str(folder), _config(name, folder), canonical=_canonical(entry),
+                             cache="not in the cache: exported to a temporary folder for this check, not stored")
         how = cache.entry(folder, lambda tmp: _export_gguf(name, entry, tmp))
         return ModelSpec(name, "gguf_package", str(folder), _config(name, folder), cache=how,
                          canonical=_canonical(entry))
@@ -116,13 +134,13 @@ def _config(name, folder):
 
 def weights_id(spec):
     """What the weights are, to key the caches derived from them (whitening factors): the HF snapshot
-    revision, or the sha256 of the weight files; None for random weights."""
+    revision, or the content digest of the weight files (cache.digest); None for random weights."""
     if spec.synthetic:
         return None
     if spec.revision:
         return f"revision {spec.revision}"
     files = [p for pattern in WEIGHT_FILES for p in sorted(Path(spec.path).glob(pattern))]
-    return "sha256 " + "+".join(cache.file_sha256(f, CACHE_ROOT / cache.MEMO) for f in files)
+    return "blocks-sha256 " + "+".join(cache.digest(f) for f in files)
 
 
 def _config_from_file(path):

@@ -24,7 +24,8 @@ import numpy as np
 from gcompress_bench import UsageError, dimtable
 from gcompress_bench.dimtable import ALIGNMENTS
 
-ALLOWED = "none, round:N, pad:N (N >= 1) or budget:TABLE (a dims run dir or its dims_table.json)"
+MAX_UNIT = 1024           # round:N and pad:N: the widest unit that can matter (GEMM tiles are at most 256 wide)
+ALLOWED = f"none, round:N, pad:N (1 <= N <= {MAX_UNIT}) or budget:TABLE (a dims run dir or its dims_table.json)"
 FAST_TOLERANCE = 0.10     # a dim is fast when no larger dim of the same curve is more than 10% faster (a cliff)
 REACH = 16                # how far above a dim a faster one makes it slow
 WINDOW = 0.25             # budget candidates lie within 25% of the method's own dim
@@ -57,8 +58,9 @@ def parse(text):
     if kind == "none" and not arg:
         return Policy("none")
     if kind in ("round", "pad"):
-        if not arg.isdigit() or int(arg) < 1:
-            raise UsageError(f"--align-policy: {text!r} is not allowed; N must be an integer >= 1; allowed: {ALLOWED}")
+        if not (arg.isascii() and arg.isdigit()) or not 1 <= int(arg) <= MAX_UNIT:
+            raise UsageError(f"--align-policy: {text!r} is not allowed; N must be an integer from 1 to {MAX_UNIT} "
+                             f"(no kernel tile is wider); allowed: {ALLOWED}")
         return Policy(kind, int(arg), text=text)
     if kind == "budget" and arg:
         return Policy("budget", table={**dimtable.load_table(arg), "path": arg}, text=text)

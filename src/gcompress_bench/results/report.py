@@ -5,7 +5,7 @@ from gcompress_bench import methods, suites
 from gcompress_bench.measure import energy
 from gcompress_bench.results import paired, stats
 from gcompress_bench.results.store import ResultsError, load_raw, read_json, write_json
-from gcompress_bench.suites import SUITES, lmeval
+from gcompress_bench.suites import SUITES
 from gcompress_bench.suites.tables import HOST_BOUND, rows
 
 # per-item data a summary replaces with statistics (or leaves in raw.json): every other field of a
@@ -86,6 +86,9 @@ def harness(raw, cells):
 RAW_HEADER = ("run_id", "variant", "model", "timer", "cells")
 
 
+STATUSES = ("ok", "skipped", "failed")   # what measure.cell and the timer plugin record
+
+
 def build_summary(run_dir):
     """The summary of one run dir; a malformed one raises ResultsError naming the file, never a KeyError."""
     run_dir = Path(run_dir)
@@ -94,6 +97,10 @@ def build_summary(run_dir):
     if missing or not isinstance(raw["cells"], dict):
         raise ResultsError(f"{run_dir / 'raw.json'}: lacks {missing or ['a cells mapping']}; not a complete "
                            "gcompress-bench raw file")
+    odd = [cid for cid, c in raw["cells"].items() if not isinstance(c, dict) or c.get("status") not in STATUSES]
+    if odd:
+        raise ResultsError(f"{run_dir / 'raw.json'}: cell {odd[0]!r} has no status of {', '.join(STATUSES)}; not a "
+                           "gcompress-bench record")
     cfg = read_json(run_dir / "config.json")
     env = read_json(run_dir / "env.json")
     try:
@@ -133,6 +140,7 @@ def _summary(raw, cfg, env):
                     "cache_dir": (env.get("compile_cache") or {}).get("dir")}
                    if compiled else None,
         "cells": cells, "not_run": not_run, "decisions": decisions, "stopped": raw.get("stopped"),
+        "refused": raw.get("refused", []),
         "host": host_check(cells, (env.get("ceilings") or {}).get("launches_per_s"), raw.get("launches_per_s_end"))
                 if any(c.get("suite") in suites.timed() for c in cells.values()) else None,
         "harness": harness(raw, cells),
@@ -152,6 +160,7 @@ def _markdown(s):
         lines.append(f"- {m.name}: {m.headline(s['method_facts'])}")
     if s["stopped"]:
         lines.append(f"- **STOPPED**: {s['stopped']}")
+    lines += [f"- **WARNING**: the raw log refused a write (not strict JSON): {r}" for r in s.get("refused", [])]
     if s["weights"] == "synthetic weights":
         lines.append("- **synthetic weights**: timing only; no quality number comes from this run")
     ceil = s.get("ceilings") or {}
@@ -175,7 +184,7 @@ def _markdown(s):
     for suite in SUITES.values():
         lines += suite.markdown(s, rows(s, suite.marker))
     if s.get("paired"):
-        lines += _paired_markdown(s["paired"], s["variant"])
+        lines += _paired_markdown(s)
     if s["method_facts"]:
         lines += m.markdown(s["method_facts"])
     if s["decisions"]:
@@ -218,36 +227,11 @@ def host_lines(host):
     return lines + [f"- **WARNING**: {w}" for w in host["warnings"]]
 
 
-def _paired_markdown(paired, name):
-    lines = ["", f"## Paired comparison with baseline run {paired['baseline_run']}", ""]
-    for cid, p in paired["cells"].items():
-        if "ppl_ratio" in p:
-            lines.append(f"- {cid}: perplexity {p['ppl']:.4f} vs {p['ppl_reference']:.4f}, ratio "
-                         f"{p['ppl_ratio']:.4f} (same windows: {p['same_windows']})")
-            continue
-        if "same_prompts" in p:
-            lines.append(f"- {cid}: {name} {p['candidate']:.4f} vs baseline {p['reference']:.4f} ({longctx_verdict(p)})")
-            continue
-        for m in (m for m in lmeval.CHOICE.names + lmeval.RULER.names if m in p):
-            q = p[m]
-            lines.append(f"- {cid} {m}: {name} {q['candidate']:.4f} vs baseline {q['reference']:.4f} "
-                         f"(diff {q['diff']:+.4f} over {p['n_paired']} paired items; only baseline right "
-                         f"{q['only_reference_right']}, only {name} right {q['only_candidate_right']}; exact McNemar "
-                         f"p = {q['mcnemar_p']:.4f}" + ("" if p.get("same_docs", True) else
-                                                         "; **DIFFERENT documents: not comparable**") + ")")
+def _paired_markdown(s):
+    lines = ["", f"## Paired comparison with baseline run {s['paired']['baseline_run']}", ""]
+    for cid, p in s["paired"]["cells"].items():
+        lines += SUITES[s["cells"][cid]["suite"]].paired_lines(cid, p, s["variant"])
     return lines
-
-
-def longctx_verdict(p):
-    """A paired longctx cell in words: the difference and its test, or why there is nothing to compare."""
-    if not p["same_prompts"]:
-        return "DIFFERENT prompts (haystack or templates changed): not comparable"
-    verdict = (f"diff {p['diff']:+.4f} over {p['n_paired']} paired prompts; only baseline right "
-               f"{p['only_reference_right']}, only candidate right {p['only_candidate_right']}; exact McNemar "
-               f"p = {p['mcnemar_p']:.4f}")
-    if not p["reference_retrieves"]:
-        verdict += f"; **the baseline retrieves below {paired.RETRIEVES:.0%} here: the comparison says nothing**"
-    return verdict
 
 
 def summarize(run_dir):

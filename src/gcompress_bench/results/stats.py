@@ -1,4 +1,4 @@
-"""Distribution statistics of timing samples (ms)."""
+"""Distribution statistics of timing samples (ms), and the exact test of paired 0/1 outcomes."""
 import math
 
 
@@ -22,3 +22,12 @@ def describe(trials):
         "min": xs[0], "max": xs[-1], "cv": std / mean if mean else 0.0,
         "trial_medians": [percentile(sorted(t), 50) for t in trials],
     }
+
+
+def mcnemar_exact(base_correct, other_correct):
+    """Two-sided exact McNemar test on paired 0/1 outcomes: (only-base, only-other, p-value)."""
+    b = sum(1 for x, y in zip(base_correct, other_correct) if x and not y)
+    c = sum(1 for x, y in zip(base_correct, other_correct) if y and not x)
+    n = b + c
+    p = min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n) if n else 1.0
+    return b, c, p

@@ -50,14 +50,21 @@ def finite_or_none(obj):
     return obj
 
 
+def _no_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def read_json(path):
+    """A results file as strict JSON (no NaN or Infinity, which this suite never writes)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(), parse_constant=_no_constant)
     except FileNotFoundError:
         raise ResultsError(f"{path}: missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ResultsError(f"{path}: not valid JSON ({e}); the file is corrupted or truncated") from None
+    except ValueError as e:
+        raise ResultsError(f"{path}: not strict JSON ({e}); the file was edited or corrupted") from None
 
 
 def create_run_dir(root, exp_group, run_id, explicit):
@@ -103,18 +110,28 @@ class RawLog:
 
     def set(self, **facts):
         """Facts measured about the run as a whole (the model's, the method's), beside its cells."""
-        _strict(facts)
+        self._checked(f"facts {sorted(facts)}", facts)
         self.data.update(facts)
         self._write_facts()
 
     def add(self, cell_id, record):
-        line = _strict({"cell": cell_id, "record": record})
+        line = self._checked(f"cell {cell_id}", {"cell": cell_id, "record": record})
         with open(self.cells_path, "a") as f:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.data["cells"][cell_id] = record
         self.data["updated_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    def _checked(self, what, obj):
+        """obj as one strict JSON line; a refused one changes nothing but the log's list of refused writes
+        (raw.json's `refused`), which is written at once, and raises ValueError."""
+        try:
+            return _strict(obj)
+        except ValueError as e:
+            self.data.setdefault("refused", []).append(f"{what}: {e}")
+            self._write_facts()
+            raise
 
     def finish(self):
         """raw.json with every cell in it; cells.jsonl is then no longer needed."""

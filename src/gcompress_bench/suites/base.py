@@ -11,12 +11,15 @@ its options and their defaults, and implements:
   - measure(cell, run, lm, clock, meter): one cell's record;
   - derive(rec, stats), progress(rec): what its summary and its progress line add;
   - markdown(summary, rows): its tables in a run summary;
+  - pair(ref, rec), paired_lines(...): a candidate's cell against the baseline's same cell, and its words;
+  - compare_rows, compare_markdown, compare_plots: its rows, tables and figures in a comparison of columns;
   - settings: the config keys two runs must share to be compared.
 Declarations import no torch: a run imports a suite's measuring code only when it runs its cells.
 """
 from dataclasses import dataclass
 
 from gcompress_bench import UsageError
+from gcompress_bench.suites import tables
 
 ITER_KEYS = ("warmup", "iters", "trials")
 
@@ -106,4 +109,30 @@ class Suite:
 
     def write(self, summary, raw_cells, run_dir):
         """Its files beside a run's summary (plots under plots/, tables); returns the plots' names."""
+        return []
+
+    # A comparison (results/comparison.py): a reference column (baseline runs) against candidate columns. A side
+    # is one column's merged runs: {"label", "cells" (cell summaries), "raw" (raw cells), ...}.
+    def pair(self, ref, rec):
+        """A candidate's raw cell against the reference's same cell, both ok: its paired test, or None."""
+        return None
+
+    def paired_lines(self, cid, p, name):
+        """A run summary's lines for one of its paired cells (--baseline-run); name: the candidate's method."""
+        return []
+
+    def compare_rows(self, ref, cands, pairs):
+        """Its rows: per cell, each side's compare_keys (or why missing) and each candidate's paired test;
+        pairs = {label: {cell id: pair()}}."""
+        return tables.quality_rows(self.marker, ref, cands, pairs, self.compare_keys) if self.compare_keys else []
+
+    def compare_markdown(self, rows, ref, labels):
+        keys = self.compare_keys
+        return tables.compare_table(f"{self.marker} ({self.description})", ["cell"] + [f"{side} {k}" for side in [ref, *labels]
+                                                                              for k in keys],
+                           [[r["cell"]] + [tables.value(r["values"][side], k, str) for side in [ref, *labels]
+                                           for k in keys] for r in rows])
+
+    def compare_plots(self, rows, sides, out, model):
+        """Its figures in a comparison's folder `out`; returns their file names."""
         return []

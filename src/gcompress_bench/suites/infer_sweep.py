@@ -8,11 +8,16 @@ from gcompress_bench.suites.tables import (
     STAT_COLS,
     breakdown_table,
     busy,
+    compare_table,
     joules,
     latency_cols,
     latency_plot,
+    missing,
+    p50,
     roof,
+    suite_ids,
     table,
+    value,
 )
 
 DECODE_MODES = ("eager", "compiled")
@@ -21,6 +26,14 @@ TIMING = ("warmup", "iters", "trials")
 
 def _tokens(c):
     return f"{c['tokens_per_s']:.1f}"
+
+
+def _ms(x):
+    return f"{x:.3f}"
+
+
+def _speedup(r, label):
+    return f"{r['speedup'][label]:.3f}x" if r["speedup"][label] else "missing"
 
 
 class Timing(Suite):
@@ -40,6 +53,39 @@ class Timing(Suite):
         knobs = {k: run.cfg[self.marker][k] for k in TIMING}
         return run_cell(getattr(infer, self.marker), lm.device, lm=lm, clock=clock, meter=meter, seed=run.cfg["seed"],
                         ops_profile=run.cfg["ops_profile"], **cell.params, **knobs, **extra)
+
+    def compare_rows(self, ref, cands, pairs):
+        """Per cell: each side's headline distribution, rates, memory and energy; speedup = reference p50 /
+        candidate p50."""
+        rows = []
+        for cid in suite_ids([ref, *cands], self.marker):
+            row = {"cell": cid, "suite": self.marker, "values": {}, "speedup": {},
+                   "params": next(s["cells"][cid]["params"] for s in (ref, *cands) if cid in s["cells"])}
+            for side in (ref, *cands):
+                why, c = missing(side, cid), side["cells"].get(cid, {})
+                row["values"][side["label"]] = {"missing": why} if why else {
+                    **{k: c["stats_ms"][self.headline][k] for k in ("p50", "p90", "p99", "std")},
+                    "tokens_per_s": c["tokens_per_s"], "ttft_ms": c.get("ttft_ms"), "roofline": c.get("roofline"),
+                    "peak_allocated_bytes": c["memory"]["peak_allocated_bytes"],
+                    "peak_reserved_bytes": c["memory"]["peak_reserved_bytes"], "kv_cache_bytes": c.get("kv_cache_bytes"),
+                    "host_bound": c.get("host_bound"), "energy": c.get("energy")}
+            base = row["values"][ref["label"]].get("p50")
+            for side in cands:
+                cand = row["values"][side["label"]].get("p50")
+                row["speedup"][side["label"]] = base / cand if base and cand else None
+            rows.append(row)
+        return rows
+
+    def compare_plots(self, rows, sides, out, model):
+        """Each side's latency against the grid, and each candidate's speedup heatmap."""
+        from gcompress_bench.results import plots
+        series = {s["label"]: s["cells"] for s in sides}
+        labels = [s["label"] for s in sides[1:]]
+        row_key, col_key, (title, x, y) = self.heatmap
+        return [plots.save(getattr(plots, self.latency_figure)(series, model), out / self.latency_png),
+                plots.save(plots.speedup_heatmaps(
+                    {label: {(r["params"][row_key], col_key(r["params"])): r["speedup"][label] for r in rows}
+                     for label in labels}, title, x, y), out / f"{self.marker}_speedup.png")]
 
 
 class Prefill(Timing):
@@ -70,6 +116,17 @@ class Prefill(Timing):
         from gcompress_bench.measure import roofline
         return {"roofline": roofline.prefill_rate(summary, ceilings)}
 
+    latency_figure, latency_png = "prefill_latency", "prefill_latency.png"
+    heatmap = ("batch", lambda p: p["seq_len"], ("prefill speedup (p50)", "batch B", "sequence length S"))
+
+    def compare_markdown(self, rows, ref, labels):
+        return compare_table("prefill latency (ms; speedup = reference p50 / candidate p50)",
+                    ["cell", f"{ref} p50", "p99"] + [h for label in labels for h in (f"{label} p50", "p99", "speedup")],
+                    [[r["cell"], p50(r["values"][ref], _ms), value(r["values"][ref], "p99", _ms)] +
+                     [x for label in labels for x in (p50(r["values"][label], _ms),
+                                                      value(r["values"][label], "p99", _ms), _speedup(r, label))]
+                     for r in rows])
+
     def markdown(self, s, rows):
         extra = [_tokens, lambda c: roof(c, "TFLOPs", "pct_of_gemm"), busy, lambda c: joules(c, "joules_per_forward"),
                  lambda c: joules(c, "mean_power_w")]
@@ -79,17 +136,19 @@ class Prefill(Timing):
 
 def check_inductor(settings):
     """Each key a torch._inductor.config setting, each value of the setting's own type."""
-    from torch._inductor import config as inductor
     if not isinstance(settings, dict):
         raise UsageError(f"--inductor: {settings!r} is not allowed; allowed: key=value settings")
-    for key, value in settings.items():
+    if not settings:
+        return   # nothing to check: leave inductor (a second's import) to the runs that compile
+    from torch._inductor import config as inductor
+    for key, setting in settings.items():
         try:
             current = getattr(inductor, key) if "." not in key else inductor.get_config_copy()[key]
         except (AttributeError, KeyError):
             raise UsageError(f"--inductor: {key!r} is not a torch._inductor.config setting; allowed: its "
                              "settings, e.g. coordinate_descent_tuning, max_autotune, epilogue_fusion") from None
-        if current is not None and type(value) is not type(current):
-            raise UsageError(f"--inductor: {key}={value!r} is not allowed; allowed: a {type(current).__name__}, "
+        if current is not None and type(setting) is not type(current):
+            raise UsageError(f"--inductor: {key}={setting!r} is not allowed; allowed: a {type(current).__name__}, "
                              f"e.g. {key}={current!r}")
 
 
@@ -150,6 +209,23 @@ class Decode(Timing):
         from gcompress_bench.measure import roofline
         return {"roofline": roofline.decode_rate(summary, ceilings),
                 "roofline_breakdown": roofline.decode_breakdown(summary, ceilings)}
+
+    latency_figure, latency_png = "decode_latency", "decode_ms_per_token.png"
+    heatmap = ("batch", lambda p: (p["ctx"], p["gen"], p.get("mode", "eager")),
+               ("decode speedup (ms/token p50)", "batch B", "(ctx, gen, mode)"))
+
+    def compare_markdown(self, rows, ref, labels):
+        def gbps(v):
+            return f"{v['roofline']['GBps']:.0f}" if v.get("roofline") else "n/a"
+
+        def cols(v):
+            return [p50(v, _ms), value(v, "p99", _ms), value(v, "tokens_per_s", "{:.1f}".format),
+                    value(v, "ttft_ms", _ms), "—" if "missing" in v else gbps(v)]
+        return compare_table("decode (ms/token p50, p99, tokens/s, time to first token ms, GB/s)",
+                    ["cell", f"{ref} p50", "p99", "tok/s", "TTFT", "GB/s"] +
+                    [h for label in labels for h in (f"{label} p50", "p99", "tok/s", "TTFT", "GB/s", "speedup")],
+                    [[r["cell"], *cols(r["values"][ref])] +
+                     [x for label in labels for x in (*cols(r["values"][label]), _speedup(r, label))] for r in rows])
 
     def markdown(self, s, rows):
         extra = [_tokens, lambda c: f"{c['ttft_ms']:.3f}", lambda c: fmt_mib(c.get("kv_cache_bytes")),

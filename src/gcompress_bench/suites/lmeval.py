@@ -23,8 +23,9 @@ from pathlib import Path
 
 from gcompress_bench import REPO_ROOT, UsageError
 from gcompress_bench.fmt import plus_minus
+from gcompress_bench.results.stats import mcnemar_exact
 from gcompress_bench.suites import Suite, register
-from gcompress_bench.suites.tables import dash_unless_ok, data_source, table
+from gcompress_bench.suites.tables import compare_table, dash_unless_ok, data_source, table
 
 TASKS_DIR = REPO_ROOT / "data" / "tasks"
 FALLBACKS = {"piqa": "mini_piqa", "hellaswag": "mini_hellaswag"}   # offline stand-ins in data/tasks/
@@ -55,6 +56,11 @@ RULER = Metrics(("score",), {"score": "correct"})   # score: share of gold strin
 def metrics(rec):
     """The Metrics of a record (a raw cell, a summary cell or a slice of one): RULER records carry a length."""
     return RULER if rec.get("length") is not None else CHOICE
+
+
+def row_metrics(row):
+    """A comparison row's metrics (acc and acc_norm, or a RULER task's score), from a side that ran it."""
+    return metrics(next((v for v in row["values"].values() if "missing" not in v), {})).names
 
 
 @dataclass
@@ -191,7 +197,8 @@ def _docs_sha256(docs):
 
 
 def _load(task, lm, ruler_length):
-    """(name, lm-eval task object); a RULER task's documents are built here, at one length, after fixed seeds."""
+    """(its TaskManager, name, lm-eval task object); a RULER task's documents are built here, at one length,
+    after fixed seeds."""
     import numpy as np
     from lm_eval.tasks import TaskManager
 
@@ -202,7 +209,7 @@ def _load(task, lm, ruler_length):
     else:
         manager = builtin_tasks() if isinstance(task.spec, str) else TaskManager(include_defaults=False)
     (name, task_obj), = manager.load(task.spec)["tasks"].items()
-    return name, task_obj
+    return manager, name, task_obj
 
 
 def _choice_items(samples):
@@ -228,12 +235,12 @@ def evaluate(lm, task, fewshot, limit, batch_size, ruler_length=None):
     if ruler and (fewshot != 0 or not ruler_length):
         raise UsageError(f"{task.spec}: a RULER task runs at 0 shots and one length; got fewshot {fewshot}, "
                          f"length {ruler_length}")
-    name, task_obj = _load(task, lm, ruler_length)
+    manager, name, task_obj = _load(task, lm, ruler_length)
     docs = list(task_obj.eval_docs)
     n = len(docs) if limit is None else min(limit, len(docs))
     model = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(model=model, tasks=[task_obj], num_fewshot=fewshot, limit=limit,
-                                  log_samples=True)
+                                  log_samples=True, task_manager=manager)   # its own would index every task again
     res = out["results"][name]
     samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
     if ruler:   # lm-eval names the metric by the length
@@ -307,6 +314,56 @@ class Lmeval(Suite):
                        ruler_length=g.get("ruler_length"))
         assert rec["status"] != "ok" or 1 <= rec["n"] == min(limit or rec["n_available"], rec["n_available"])
         return rec
+
+    def pair(self, ref, rec):
+        """Per metric: the means over the items both answered, their difference, and McNemar over the items'
+        0/1 outcomes. RULER documents are generated: they are the same only if built alike."""
+        mine = {i["doc_id"]: i for i in rec["items"]}
+        pairs = [(i, mine[i["doc_id"]]) for i in ref["items"] if i["doc_id"] in mine]
+        cell = {"n_paired": len(pairs)}
+        for metric, outcome in metrics(rec).outcome.items():
+            a, b = [x[metric] for x, _ in pairs], [y[metric] for _, y in pairs]
+            only_base, only_other, p = mcnemar_exact([x[outcome] for x, _ in pairs], [y[outcome] for _, y in pairs])
+            cell[metric] = {"reference": sum(a) / len(a), "candidate": sum(b) / len(b),
+                            "diff": (sum(b) - sum(a)) / len(a), "only_reference_right": only_base,
+                            "only_candidate_right": only_other, "mcnemar_p": p}
+        if metrics(rec) is RULER:
+            cell["same_docs"] = ref["data"]["docs_sha256"] == rec["data"]["docs_sha256"]
+        return cell
+
+    def paired_lines(self, cid, p, name):
+        return [f"- {cid} {m}: {name} {q['candidate']:.4f} vs baseline {q['reference']:.4f} (diff {q['diff']:+.4f} "
+                f"over {p['n_paired']} paired items; only baseline right {q['only_reference_right']}, only {name} "
+                f"right {q['only_candidate_right']}; exact McNemar p = {q['mcnemar_p']:.4f}" +
+                ("" if p.get("same_docs", True) else "; **DIFFERENT documents: not comparable**") + ")"
+                for m, q in ((m, p[m]) for m in CHOICE.names + RULER.names if m in p)]
+
+    def compare_markdown(self, rows, ref, labels):
+        def acc(v, m):
+            return v["missing"] if "missing" in v else plus_minus(v[m], v[m + "_stderr"])
+
+        def diff(q):
+            return (f"{q['diff']:+.4f} (p {q['mcnemar_p']:.3f}; {q['only_reference_right']}/"
+                    f"{q['only_candidate_right']})") if q else "—"
+        return compare_table("accuracy (± stderr; diff to the reference, exact McNemar p over the same items; items only the "
+                    "reference / only the candidate got right; RULER score: share of gold strings found, an item right "
+                    "when all are)", ["cell", "metric", ref] + [h for label in labels for h in (label, "diff")] + ["data"],
+                    [[r["cell"], m, acc(r["values"][ref], m)] +
+                     [x for label in labels for x in (acc(r["values"][label], m),
+                                                      diff((r["paired"][label] or {}).get(m)))]
+                     + [str(next((v["source"] for v in r["values"].values() if "source" in v), "—"))]
+                     for r in rows for m in row_metrics(r)])
+
+    def compare_plots(self, rows, sides, out, model):
+        """One panel per metric: each side's value ± stderr per cell."""
+        from gcompress_bench.results import plots
+        names = [s["label"] for s in sides]
+        by_metric = {m: [r for r in rows if m in row_metrics(r)] for m in CHOICE.names + RULER.names}
+        return [plots.save(plots.panels([
+            ([r["cell"].removeprefix("test_lmeval") for r in found], {n: [r["values"][n].get(m) for r in found]
+                                                                      for n in names}, f"{m} ± stderr", m,
+             {n: [r["values"][n].get(f"{m}_stderr") for r in found] for n in names})
+            for m, found in by_metric.items() if found]), out / "accuracy.png")]
 
     def progress(self, rec):
         m = metrics(rec).names[0]   # acc, or a RULER task's score

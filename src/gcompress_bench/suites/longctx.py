@@ -19,8 +19,9 @@ import yaml
 
 from gcompress_bench import REPO_ROOT, UsageError
 from gcompress_bench.corpus import read_text_file
+from gcompress_bench.results.stats import mcnemar_exact
 from gcompress_bench.suites import Suite, register
-from gcompress_bench.suites.tables import dash_unless_ok, save_plot, table
+from gcompress_bench.suites.tables import compare_table, dash_unless_ok, save_plot, table, value
 
 TASKS = REPO_ROOT / "data" / "longctx" / "tasks.yaml"
 
@@ -229,6 +230,10 @@ def accuracy_grid(items):
     return {"lengths": lengths, "depths": depths, "acc": acc, "n": n}
 
 
+def depth_key(d):
+    return f"{d:g}"
+
+
 def check_grid(g):
     """The longctx section of a run config: known tasks, depths within the filler, counts >= 1."""
     names = list(load_tasks())
@@ -239,6 +244,12 @@ def check_grid(g):
     if not g["depths"] or any(not 0 <= d <= 1 for d in g["depths"]):
         raise UsageError(f"--longctx-depths: {g['depths']} is not allowed; allowed: fractions from 0 to 1, e.g. "
                          "0,0.25,0.5,0.75,1")
+    keys = [depth_key(d) for d in g["depths"]]   # a cell's accuracy per depth is kept under these
+    alike = sorted({k for k in keys if keys.count(k) > 1})
+    if alike:
+        raise UsageError(f"--longctx-depths: {','.join(map(str, g['depths']))} holds depths that print alike "
+                         f"({', '.join(alike)}) and would share one entry; allowed: depths that differ in their "
+                         "first 6 significant digits")
     for key in ("lengths", "items", "max_new_tokens"):
         vals = g[key] if isinstance(g[key], list) else [g[key]]
         if not vals or any(not isinstance(v, int) or v < 1 for v in vals):
@@ -254,7 +265,7 @@ def measure(lm, task, length, depths, items, seed, max_new_tokens):
     built = [it for d in depths for it in build_items(spec, lm.tokenizer, length, d, items, seed, hay)]
     t0 = time.perf_counter()
     res = evaluate(lm, built, max_new_tokens)
-    by_depth = {f"{d:g}": sum(i["correct"] for i in res["items"] if i["depth"] == d) / items for d in depths}
+    by_depth = {depth_key(d): sum(i["correct"] for i in res["items"] if i["depth"] == d) / items for d in depths}
     return {"task": task, "length": length, "accuracy": res["accuracy"], "n": res["n"], "by_depth": by_depth,
             "items": res["items"], "seed": seed, "max_new_tokens": max_new_tokens, "template": vars(spec),
             "haystack": {"files": yaml.safe_load(TASKS.read_text())["haystack"], "sha256": sha},
@@ -278,6 +289,21 @@ def grids(raw_cells):
         if c.get("suite") == "longctx" and c.get("status") == "ok":
             items.setdefault(c["task"], []).extend(c["items"])
     return {task: accuracy_grid(found) for task, found in items.items()}
+
+
+RETRIEVES = 0.5   # a reference below this accuracy retrieves too little for a difference to mean anything
+
+
+def verdict(p):
+    """A paired longctx cell in words: the difference and its test, or why there is nothing to compare."""
+    if not p["same_prompts"]:
+        return "DIFFERENT prompts (haystack or templates changed): not comparable"
+    out = (f"diff {p['diff']:+.4f} over {p['n_paired']} paired prompts; only baseline right "
+           f"{p['only_reference_right']}, only candidate right {p['only_candidate_right']}; exact McNemar "
+           f"p = {p['mcnemar_p']:.4f}")
+    if not p["reference_retrieves"]:
+        out += f"; **the baseline retrieves below {RETRIEVES:.0%} here: the comparison says nothing**"
+    return out
 
 
 class Longctx(Suite):
@@ -313,6 +339,42 @@ class Longctx(Suite):
         g = run.cfg["longctx"]
         return run_cell(measure, lm.device, lm=lm, **cell.params, depths=g["depths"], items=g["items"],
                         seed=run.cfg["seed"], max_new_tokens=g["max_new_tokens"])
+
+    def pair(self, ref, rec):
+        """The same prompts (item ids, haystack and templates) answered by both runs: accuracy difference and
+        McNemar. Where the reference itself mostly fails, the cell is marked: a model that cannot retrieve has
+        nothing for compression to lose."""
+        mine = {i["id"]: i["correct"] for i in rec["items"]}
+        ids = [i["id"] for i in ref["items"] if i["id"] in mine]
+        a = [i["correct"] for i in ref["items"] if i["id"] in mine]
+        b = [mine[i] for i in ids]
+        only_base, only_other, p = mcnemar_exact(a, b)
+        same = ref["haystack"]["sha256"] == rec["haystack"]["sha256"] and ref["template"] == rec["template"]
+        return {"n_paired": len(ids), "same_prompts": same, "reference": sum(a) / len(a) if a else None,
+                "candidate": sum(b) / len(b) if b else None, "diff": (sum(b) - sum(a)) / len(a) if a else None,
+                "only_reference_right": only_base, "only_candidate_right": only_other, "mcnemar_p": p,
+                "reference_retrieves": bool(a) and sum(a) / len(a) >= RETRIEVES,
+                "by_depth": {d: {"reference": ref["by_depth"][d], "candidate": rec["by_depth"].get(d)}
+                             for d in ref["by_depth"]}}
+
+    def paired_lines(self, cid, p, name):
+        return [f"- {cid}: {name} {p['candidate']:.4f} vs baseline {p['reference']:.4f} ({verdict(p)})"]
+
+    def compare_markdown(self, rows, ref, labels):
+        f3 = "{:.3f}".format
+        return compare_table("long-context retrieval (exact-match accuracy; paired over the same prompts)",
+                    ["cell", ref] + [h for label in labels for h in (label, "paired")],
+                    [[r["cell"], value(r["values"][ref], "accuracy", f3)] +
+                     [x for label in labels for x in (value(r["values"][label], "accuracy", f3),
+                                                      verdict(r["paired"][label]) if r["paired"][label] else "—")]
+                     for r in rows])
+
+    def compare_plots(self, rows, sides, out, model):
+        """A length x depth heatmap per task and side."""
+        from gcompress_bench.results import plots
+        return [plots.save(plots.heatmap(g, f"{s['label']}: {task} accuracy, {model}"),
+                           out / f"longctx_{task}_{s['label']}.png")
+                for s in sides for task, g in grids(s["raw"]).items()]
 
     def progress(self, rec):
         return f" acc {rec['accuracy']:.3f} n={rec['n']} (" + ", ".join(

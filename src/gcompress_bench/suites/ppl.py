@@ -7,7 +7,7 @@ import time
 from gcompress_bench import UsageError
 from gcompress_bench.corpus import check_corpus, load_corpus
 from gcompress_bench.suites import Suite, register
-from gcompress_bench.suites.tables import dash_unless_ok, table
+from gcompress_bench.suites.tables import compare_table, dash_unless_ok, table, value
 
 
 def windows(n_tokens, seq_len, stride=None):
@@ -90,6 +90,34 @@ class Ppl(Suite):
 
     def progress(self, rec):
         return f" ppl {rec['ppl']:.3f} over {rec['tokens']} tokens ({rec['dataset']})"
+
+    def pair(self, ref, rec):
+        """The candidate's perplexity over the reference's: comparable only over the same text and windows."""
+        same = ref["window_starts"] == rec["window_starts"] and ref["sha256"] == rec["sha256"]
+        return {"ppl_reference": ref["ppl"], "ppl": rec["ppl"], "ppl_ratio": rec["ppl"] / ref["ppl"],
+                "same_windows": same}
+
+    def paired_lines(self, cid, p, name):
+        return [f"- {cid}: perplexity {p['ppl']:.4f} vs {p['ppl_reference']:.4f}, ratio {p['ppl_ratio']:.4f} "
+                f"(same windows: {p['same_windows']})"]
+
+    def compare_markdown(self, rows, ref, labels):
+        f4 = "{:.4f}".format
+
+        def ratio(p):
+            return f"{p['ppl_ratio']:.4f} ({'same' if p['same_windows'] else 'DIFFERENT'} windows)" if p else "—"
+        return compare_table("perplexity (ratio = candidate / reference, over the reference's windows)",
+                    ["cell", ref] + [h for label in labels for h in (label, "ratio")] + ["dataset"],
+                    [[r["cell"], value(r["values"][ref], "ppl", f4)] +
+                     [x for label in labels for x in (value(r["values"][label], "ppl", f4), ratio(r["paired"][label]))]
+                     + [str(next((v["dataset"] for v in r["values"].values() if "dataset" in v), "—"))] for r in rows])
+
+    def compare_plots(self, rows, sides, out, model):
+        from gcompress_bench.results import plots
+        return [plots.save(plots.grouped_bars([r["cell"] for r in rows],
+                                              {s["label"]: [r["values"][s["label"]].get("ppl") for r in rows]
+                                               for s in sides}, "perplexity (lower is better)", "perplexity"),
+                           out / "ppl.png")]
 
     def markdown(self, s, rows):
         return table("ppl", ["perplexity", "mean NLL", "tokens", "windows", "dataset", "sha256", "s"], rows,

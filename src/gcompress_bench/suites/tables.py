@@ -1,4 +1,6 @@
-"""How suites render their cells in a run summary: one table helper and the columns timing cells share."""
+"""How suites render their cells: in a run summary (one table helper and the columns timing cells share), and in
+a comparison of columns (one reference, candidates), where each row holds every side's values or why they
+are missing."""
 from gcompress_bench.fmt import NOT_AVAILABLE, fmt_mib
 
 HOST_BOUND = 0.8   # a cell whose device is busy for less of its time than this is host-bound
@@ -92,3 +94,44 @@ def breakdown_table(rows):
 
 def data_source(c):
     return c["source"] + (f", {c['split']} split" if c.get("split") else "")
+
+
+def missing(side, cid):
+    """Why a comparison column has no value for a cell, or None when it has one."""
+    c = side["cells"].get(cid)
+    if c is None:
+        return "not in these runs"
+    return None if c["status"] == "ok" else f"{c['status']}: {c.get('reason', '')}"
+
+
+def suite_ids(sides, suite):
+    """A suite's cells over every column, ordered by their parameters."""
+    params = {cid: c["params"] for s in sides for cid, c in s["cells"].items() if c.get("suite") == suite}
+    return sorted(params, key=lambda cid: tuple(str(v).zfill(8) for v in params[cid].values()))
+
+
+def value(values, key, fmt):
+    return values["missing"] if "missing" in values else ("n/a" if values.get(key) is None else fmt(values[key]))
+
+
+def p50(v, fmt):
+    """A p50 as a table shows it, marked where the host, not the device, set the cell's time."""
+    return value(v, "p50", fmt) + (" **host-bound**" if v.get("host_bound") else "")
+
+
+def compare_table(title, head, rows):
+    """A comparison's markdown table: its header row, then one row per list of strings."""
+    return ["", f"## {title}", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"] + [
+        "| " + " | ".join(r) + " |" for r in rows]
+
+
+def quality_rows(suite, ref, cands, pairs, keys):
+    """Per cell: each side's `keys` (or why it is missing) and each candidate's paired test."""
+    rows = []
+    for cid in suite_ids([ref, *cands], suite):
+        row = {"cell": cid, "paired": {label: t.get(cid) for label, t in pairs.items()}, "values": {}}
+        for side in (ref, *cands):
+            why = missing(side, cid)
+            row["values"][side["label"]] = {"missing": why} if why else {k: side["cells"][cid].get(k) for k in keys}
+        rows.append(row)
+    return rows

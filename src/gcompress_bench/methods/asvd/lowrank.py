@@ -6,6 +6,7 @@ from torch import nn
 
 from gcompress_bench import dimtable
 from gcompress_bench.methods import CompressionFailed, align
+from gcompress_bench.methods.calibration import cached
 
 TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
            "mlp.up_proj", "mlp.down_proj")
@@ -38,8 +39,10 @@ def _modules(model):
 
 
 @torch.inference_mode()
-def activation_scales(lm, ids, alpha):
-    """{module: mean |x| ** alpha per input channel} over the calibration windows."""
+def activation_means(lm, ids):
+    """({module: mean |x| per input channel} over the calibration windows, facts): what calibration.cached
+    keeps, so a run at another ratio or alpha skips the forward."""
+    t0 = time.perf_counter()
     sums, counts, handles = {}, {}, []
 
     def hook(name):
@@ -56,14 +59,13 @@ def activation_scales(lm, ids, alpha):
     finally:
         for h in handles:
             h.remove()
-    scales = {}
+    means = {}
     for name, total in sums.items():
-        mean = total / counts[name]
-        if not torch.isfinite(mean).all():
+        means[name] = total / counts[name]
+        if not torch.isfinite(means[name]).all():
             raise CompressionFailed(f"the calibration activations of {name} are not finite: the model's own "
                                     "forward gives NaN or inf")
-        scales[name] = mean.clamp_min(1e-6).double() ** alpha
-    return scales
+    return means, {"calibration_s": round(time.perf_counter() - t0, 3)}
 
 
 def _scaled_gram(W, s):
@@ -129,7 +131,8 @@ def compress(lm, plan, opts, progress):
     t0 = time.perf_counter()
     ids, calib = plan.calibration
     progress(f"asvd: calibration on {calib['windows']} x {calib['seq_len']} tokens of {calib['source']}")
-    scales = activation_scales(lm, ids, opts["alpha"])
+    means, cache_facts = cached(lm, "asvd-scales", calib, ids, activation_means, progress)
+    scales = {name: m.clamp_min(1e-6).double() ** opts["alpha"] for name, m in means.items()}
     mods = _modules(lm.model)
     shapes = {n: tuple(m.weight.shape) for n, m in mods.items()}
     spectra = {n: spectrum(m.weight, scales[n]) for n, m in mods.items()}
@@ -158,7 +161,7 @@ def compress(lm, plan, opts, progress):
         if name.endswith(TARGETS[-1]):
             progress(f"asvd: layer {int(name.split('.')[2]) + 1}/{layers} factored ({time.perf_counter() - t0:.1f} s)")
     facts = _summary(modules, opts, tau)
-    facts.update(alignment=align.facts(policy, shaped, dims), calibration=calib)
+    facts.update(alignment=align.facts(policy, shaped, dims), calibration={**calib, **cache_facts})
     return facts
 
 

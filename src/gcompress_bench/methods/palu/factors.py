@@ -1,5 +1,4 @@
 """PaLU's factors: ranks and where they come from, whitening, the factorization, and the factored modules."""
-import hashlib
 import json
 import math
 import re
@@ -9,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gcompress_bench import UsageError, cache, dimtable, models
+from gcompress_bench import UsageError, dimtable, models
 from gcompress_bench.methods import CompressionFailed, align
-from gcompress_bench.models import CACHE_ROOT
+from gcompress_bench.methods.calibration import cached
 
 PROJS = ("k_proj", "v_proj")
 RATIO_DIR_NAME = re.compile(r"^(?P<model>.+?)_ratio-(?P<ratio>[0-9.]+)_gs-(?P<gs>\d+)(?:-(?P<method>.+))?$")
@@ -259,35 +258,14 @@ def activation_error(W, BA, S):
     return (torch.linalg.norm((W - BA) @ S) / torch.linalg.norm(W @ S)).item()
 
 
-def _whitening_cache_key(lm, calib, ids):
-    """Everything the factors derive from: the weights' content (revision or sha256), the calibration data."""
-    h = hashlib.sha256(json.dumps([lm.spec.name, models.weights_id(lm.spec), calib, list(ids.shape)]).encode())
-    h.update(ids.numpy().tobytes())
-    return h.hexdigest()[:24]
-
-
 def whitening_factors(lm, calibration, progress=lambda line: None):
     """Cholesky factors per layer, cached on disk by the model's weights and the calibration data (a
-    second run skips calibration), verified on every use. Concurrent first runs compute each key once;
-    the others wait and read it."""
+    second run skips calibration), verified on every use."""
     ids, calib = calibration
     calib = {**calib, "windows": int(ids.shape[0]), "seq_len": int(ids.shape[1])}
     progress(f"palu: calibration on {calib['windows']} x {calib['seq_len']} tokens of {calib['source']}")
-    if lm.spec.synthetic:   # random weights differ per seed: nothing worth reusing
-        S, info = _calibrate(lm, ids)
-        return S, {**calib, **info, "cache_hit": False}
-    folder = CACHE_ROOT / "whiten" / f"{lm.spec.name.replace('/', '--')}-{_whitening_cache_key(lm, calib, ids)}"
-    computed = {}
-
-    def build(tmp):
-        S, computed["info"] = _calibrate(lm, ids)
-        torch.save({"S": [s.cpu() for s in S], "eps": computed["info"]["eps"]}, tmp / "factors.pt")
-
-    how = cache.entry(folder, build)
-    factors = torch.load(folder / "factors.pt", map_location=lm.device)
-    progress(f"palu: whitening factors: {how} ({folder})")
-    return factors["S"], {**calib, **computed.get("info", {"eps": factors["eps"]}), "cache": str(folder),
-                          "cache_hit": how == "hit", "cache_status": how}
+    S, info = cached(lm, "whiten", calib, ids, _calibrate, progress)
+    return S, {**calib, **info}
 
 
 def _calibrate(lm, ids):
