@@ -27,14 +27,6 @@ BLOCK = 64 * 2**20      # a digest's block: blocks of one file hash on separate 
 _digests = {}           # this process's digests, by (real path, size, mtime, inode)
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(2**24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _block(path, i):
     h = hashlib.sha256()
     with open(path, "rb") as f:
