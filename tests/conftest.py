@@ -19,8 +19,9 @@ TINY = ["--model=smollm2-135m", "--profile=quick", "--prefill-batch=1,2", "--pre
 
 
 # Fixtures whose tests must share one pytest-xdist worker: the shared runs are made once, one local Slurm
-# serves its module, and the RULER cell (a minute of lm-eval) is evaluated once.
-SHARED = ("quick_group", "slurm", "niah")
+# serves its module, the RULER cell (a minute of lm-eval) is evaluated once, and so are the fused kernel's cases
+# in Triton's interpreter.
+SHARED = ("quick_group", "slurm", "niah", "interpreted")
 
 
 @pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the groups

@@ -140,10 +140,11 @@ def test_an_empty_gcompress_cache_means_the_default_location(tmp_path):
 
 
 @pytest.mark.system
-def test_three_palu_runs_at_once_on_an_empty_suite_cache(tmp_path, standin_hf_home):
-    """The night's three palu jobs: the first dequantizes the model and computes the whitening factors
-    (calibrated on WikiText-2 train from the HF cache), the others wait for them; all succeed with the
-    same factors and nothing temporary is left."""
+def test_palu_runs_at_once_on_an_empty_suite_cache_and_a_corrupt_entry_rebuilt_after(tmp_path, standin_hf_home):
+    """A night's palu jobs: the first dequantizes the model and computes the whitening factors (calibrated on
+    WikiText-2 train from the HF cache), the other waits for them; both succeed with the same factors and
+    nothing temporary is left. Then 4 KB overwritten inside the cached factors (torch.load
+    would still read them) are found by the next run, which rebuilds them, says so, and gets the same number."""
     cold = tmp_path / "cache"
     corpus = tmp_path / "corpus.txt"
     corpus.write_text((REPO / "data" / "tiny_corpus.txt").read_text()[:3000])
@@ -151,19 +152,28 @@ def test_three_palu_runs_at_once_on_an_empty_suite_cache(tmp_path, standin_hf_ho
            "--ppl-corpus", str(corpus), "--ppl-seq-len", "256", "--palu-calib-samples", "2", "--out", str(tmp_path / "r")]
     env = {**ENV, "GCOMPRESS_CACHE": str(cold), "HF_HOME": str(standin_hf_home)}
     procs = [subprocess.Popen(cmd + ["--run-id", f"p{i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(3)]
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [p.communicate(timeout=900)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(o[-2000:] for o in outs)
-    runs = [tmp_path / "r" / "default" / f"p{i}" for i in range(3)]
-    calib = [json.loads((r / "raw.json").read_text())["method_facts"]["calibration"] for r in runs]
-    assert sorted(c["cache_hit"] for c in calib) == [False, True, True] and len({c["cache"] for c in calib}) == 1
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    raw = [json.loads((tmp_path / "r" / "default" / f"p{i}" / "raw.json").read_text()) for i in range(2)]
+    calib = [r["method_facts"]["calibration"] for r in raw]
+    assert sorted(c["cache_hit"] for c in calib) == [False, True] and len({c["cache"] for c in calib}) == 1
     assert calib[0]["source"].startswith("Salesforce/wikitext wikitext-2-raw-v1 train (HF datasets cache, revision ")
     assert calib[0]["sha256"] == hashlib.sha256(wikitext_text("train").encode()).hexdigest()
-    ppl = {json.loads((r / "raw.json").read_text())["cells"]["test_ppl[S256]"]["ppl"] for r in runs}
-    assert len(ppl) == 1
+    (ppl,) = {r["cells"]["test_ppl[S256]"]["ppl"] for r in raw}
     left = sorted(str(p.relative_to(cold)) for p in cold.rglob("*"))
     assert not [p for p in left if ".tmp" in p], left
     assert "models/smollm2-135m/model.safetensors" in left and sum(p.endswith(".pt") for p in left) == 1
+    (entry,) = (cold / "whiten").glob("*/calibrated.pt")
+    with open(entry, "r+b") as f:
+        f.seek(entry.stat().st_size // 2)
+        f.write(os.urandom(4096))
+    proc = subprocess.run(cmd + ["--run-id", "after"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    after = json.loads((tmp_path / "r" / "default" / "after" / "raw.json").read_text())
+    status = after["method_facts"]["calibration"]["cache_status"]
+    assert status.startswith(f"rebuilt: {entry} does not match its stored digest"), status
+    assert after["cells"]["test_ppl[S256]"]["ppl"] == ppl and cache.problem(entry.parent) is None
 
 
 def test_a_gcompress_cache_that_is_a_file_is_one_line(tmp_path):
@@ -175,3 +185,40 @@ def test_a_gcompress_cache_that_is_a_file_is_one_line(tmp_path):
                          env={**ENV, "GCOMPRESS_CACHE": str(tmp_path / "f")}).stdout.strip()
     assert got == (f"GCOMPRESS_CACHE: '{tmp_path / 'f'}' is not a folder; allowed: a folder (made if missing), or "
                    "unset for ~/.cache/gcompress_bench")
+
+
+@pytest.mark.system
+def test_a_read_only_cache_serves_a_run_and_check_only_to_a_user_who_may_not_write_it(quick_group, tmp_path):
+    """A cluster's shared cache as another user sees it: modes read-only, and root without CAP_DAC_OVERRIDE
+    (setpriv drops it) obeys them as any user does. The run takes no lock, writes nothing in the cache, and its
+    perplexity equals the shared baseline run's, which read a writable cache."""
+    import shutil
+
+    from gcompress_bench import models
+    from gcompress_bench.results.store import load_raw
+
+    from .conftest import QUALITY, SHORT_CORPUS
+    root = tmp_path / "cache"
+    shutil.copytree(models.CACHE_ROOT / "models" / "smollm2-135m", root / "models" / "smollm2-135m")
+    for p in [root, *root.rglob("*")]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in root.rglob("*"))
+    as_user = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", sys.executable, "-m",
+               "gcompress_bench.llm_eval", "--variant", "baseline", "--suite", "ppl", *QUALITY[:2],
+               "--ppl-corpus", str(SHORT_CORPUS)]
+    env = {**ENV, "GCOMPRESS_CACHE": str(root)}
+    try:
+        check = subprocess.run([*as_user, "--check-only"], capture_output=True, text=True, env=env, cwd=REPO)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert f"gcompress-bench check: model smollm2-135m: {root / 'models/smollm2-135m'}" in check.stdout.splitlines()
+        run = subprocess.run([*as_user, "--out", str(tmp_path / "r"), "--run-id", "ro"], capture_output=True,
+                             text=True, env=env, cwd=REPO)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert sorted((str(p), p.stat().st_mtime_ns) for p in root.rglob("*")) == before
+    finally:
+        for p in [root, *root.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    raw, shared = load_raw(tmp_path / "r" / "default" / "ro"), load_raw(quick_group / "g" / "baseline-ppl")
+    assert raw["model_facts"]["model_cache"] == "hit"
+    (cell, rec), = raw["cells"].items()
+    assert rec["status"] == "ok" and rec["ppl"] == shared["cells"][cell]["ppl"]

@@ -88,8 +88,15 @@ def test_overrides_and_cell_ids():
                                           "to 2**32 - 1 (numpy's and torch's seeds both take it)"),
     ({"seed": "-1"}, "--seed: -1 is not allowed; allowed: an integer from 0 to 2**32 - 1 (numpy's and torch's seeds "
                      "both take it)"),
-    ({"run_id": "r" * 300}, "--run-id: 'rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr'... is 300 bytes long; allowed: a "
+    ({"run_id": "r" * 250}, "--run-id: 'rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr'... is 250 bytes long; allowed: a "
                             "folder name of at most 200 bytes"),
+    ({"run_id": "r" * 300}, "--run-id: 'rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr'... holds a name longer than 255 "
+                            "bytes; allowed: names of at most 255 bytes (the file system's limit)"),
+    ({"ppl_corpus": "/tmp/" + "n" * 256}, "--ppl-corpus: " + repr(("/tmp/" + "n" * 256)[:40]) + "... holds a name "
+                                          "longer than 255 bytes; allowed: names of at most 255 bytes (the file "
+                                          "system's limit)"),
+    ({"iters": "١٢"}, "--iters: '١٢' is not allowed; allowed: numbers in ASCII digits"),
+    ({"ppl_seq_len": "٣"}, "--ppl-seq-len: '٣' is not allowed; allowed: numbers in ASCII digits"),
     ({"exp_group": "g" * 201}, "--exp-group: 'gggggggggggggggggggggggggggggggggggggggg'... is 201 bytes long; allowed: "
                                "a folder name of at most 200 bytes"),
 ])

@@ -65,6 +65,15 @@ print(json.dumps(out))
     assert not list(standin_hf_home.glob(".standin-port-*"))
 
 
+def test_populating_a_file_is_one_line_and_touches_nothing(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "hub_standin.py"), "populate", "--hf-home",
+                           str(tmp_path / "f")], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr.splitlines()) == (2, "", [
+        f"hub_standin: --hf-home: '{tmp_path / 'f'}' is not a folder; allowed: a folder (made if missing)"])
+    assert [p.name for p in tmp_path.iterdir()] == ["f"] and (tmp_path / "f").read_text() == "mine"
+
+
 def test_the_hf_id_is_the_embedded_model(standin_hf_home):
     """Same weights as the smollm2-135m shortcut, read from the HF cache by its id."""
     got = offline_python(standin_hf_home, f"""
@@ -149,7 +158,7 @@ print(json.dumps(out, default=str))
 def test_lmeval_builtin_tasks_equal_a_direct_lm_eval_call(standin_hf_home, tmp_path):
     """lm-eval's own piqa/hellaswag definitions on the cached datasets, cell by cell and item by item
     against simple_evaluate(model="hf", ...) loading the same model id from the same cache."""
-    limit = 6
+    limit = 4
     proc = run_cli("gcompress_bench.llm_eval", "--variant", "baseline", "--suite", "lmeval", "--model", HF_ID,
                    "--tasks", "piqa,hellaswag", "--limit", str(limit), "--fewshot", "0,1", "--out", str(tmp_path),
                    "--run-id", "lm", env_extra={"HF_HOME": str(standin_hf_home)})

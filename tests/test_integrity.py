@@ -2,6 +2,7 @@
 results root. Every case runs the real CLI on the embedded model."""
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -119,33 +120,6 @@ def test_weights_id_follows_the_weight_files_not_their_names(tmp_path, smol_spec
 
 
 @pytest.mark.system
-def test_a_corrupt_whitening_entry_is_rebuilt_and_the_record_says_so(smol_spec, tmp_path):
-    cold = tmp_path / "cache"
-    shutil.copytree(smol_spec.path, cold / "models" / "smollm2-135m")   # a sound model entry, checksums included
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text((REPO / "data/tiny_corpus.txt").read_text()[:3000])
-    args = ["--variant", "palu", "--suite", "ppl", "--ppl-corpus", str(corpus),
-            "--ppl-seq-len", "256", "--palu-calib-samples", "2", "--out", str(tmp_path / "r")]
-    env = {"GCOMPRESS_CACHE": str(cold)}
-    for run_id in ("first", "second"):
-        if run_id == "second":   # overwrite 4 KB inside the cached factors: torch.load would still read them
-            (entry,) = (cold / "whiten").glob("*/calibrated.pt")
-            with open(entry, "r+b") as f:
-                f.seek(entry.stat().st_size // 2)
-                f.write(os.urandom(4096))
-        proc = run_cli("gcompress_bench.llm_eval", *args, "--run-id", run_id, env_extra=env)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    calib = {r: json.loads((tmp_path / "r/default" / r / "raw.json").read_text())["method_facts"]["calibration"]
-             for r in ("first", "second")}
-    assert calib["first"]["cache_status"] == "built"
-    assert calib["second"]["cache_status"].startswith(f"rebuilt: {entry} does not match its stored digest")
-    ppl = [json.loads((tmp_path / "r/default" / r / "raw.json").read_text())["cells"]["test_ppl[S256]"]["ppl"]
-           for r in ("first", "second")]
-    assert ppl[0] == ppl[1]
-    assert cache.problem(entry.parent) is None
-
-
-@pytest.mark.system
 def test_a_truncated_model_cache_is_found_and_rebuilt(smol_spec, tmp_path):
     cold = tmp_path / "cache"
     shutil.copytree(smol_spec.path, cold / "models" / "smollm2-135m")
@@ -200,11 +174,26 @@ def bad_files(tmp_path_factory, smol_spec, standin_hf_home):
     shutil.copy(os.path.join(smol_spec.path, "config.json"), truncated)
     save_file({"w": torch.zeros(1000)}, truncated / "model.safetensors")
     os.truncate(truncated / "model.safetensors", 2000)
+    for name in ("no_tokenizer", "header_not_tensors"):   # a config and weights that pass the size check
+        (d / name).mkdir()
+        shutil.copy(os.path.join(smol_spec.path, "config.json"), d / name)
+    (d / "no_tokenizer" / "model.safetensors").symlink_to(os.path.join(smol_spec.path, "model.safetensors"))
+    header = b'{"a":5}'
+    (d / "header_not_tensors" / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
     ranks = palu_factors.uniform_ranks(smol_spec.config, 0.7, 3)
     for name, value in (("true", True), ("float", 128.0)):
         (d / f"ranks_{name}.json").write_text(json.dumps({**ranks, "model.layers.0.self_attn.k_proj": [value]}))
+    (d / "random_dump").mkdir()   # a PaLU dump's config beside weights that are random bytes
+    (d / "random_dump" / "config.json").write_text(json.dumps({"head_wise_ranks": ranks}))
+    (d / "random_dump" / "model.safetensors").write_bytes(random.Random(0).randbytes(4096))
+    for name, text in (("corpus.txt", (REPO / "data/tiny_corpus.txt").read_text()), ("ranks.json", json.dumps(ranks)),
+                       ("suites.yaml", (REPO / "experiments/llm_suites.yaml").read_text())):
+        (d / f"locked_{name}").write_text(text)
+        (d / f"locked_{name}").chmod(0)   # unreadable to the driver, which runs without root's override
+    mine = (REPO / "data/tasks/mini_piqa.yaml").read_text().replace("task: mini_piqa", "task: mine")
     for name, text in (("invalid", "task: [unclosed\n"), ("no_task", "dataset_path: json\noutput_type: loglikelihood\n"),
-                       ("ok", (REPO / "data/tasks/mini_piqa.yaml").read_text().replace("task: mini_piqa", "task: mine"))):
+                       ("ok", mine), ("generate", mine.replace("output_type: multiple_choice",
+                                                               "output_type: generate_until"))):
         (d / f"tasks_{name}" / "deeper").mkdir(parents=True)
         (d / f"tasks_{name}" / "deeper" / "t.yaml").write_text(text)
     for name, facts in (("palu_run", {"variant": "palu", "model": "smollm2-135m", "dtype": "float32"}),
@@ -240,7 +229,31 @@ def bad_cases(d):
                                                               "(ParserError)"),
         ("llm_run", ["--inductor", "x=!!python/object/apply:os.system [touch pwned]"], "(ConstructorError)"),
         ("llm_run", ["--seed", "99999999999999999999999"], "--seed: 99999999999999999999999 is not allowed"),
-        ("llm_run", ["--run-id", "r" * 300], "--run-id: 'rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr'... is 300 bytes"),
+        ("llm_run", ["--run-id", "r" * 300], "--run-id: 'rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr'... holds a name "
+                                             "longer than 255 bytes"),
+        ("llm_run", ["--run-id", "r" * 220], "--run-id: 'rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr'... is 220 bytes"),
+        ("llm_run", ["--exp-group", "g" * 300], "--exp-group: 'gggggggggggggggggggggggggggggggggggggggg'... holds a "
+                                                "name longer than 255 bytes"),
+        ("llm_run", ["--prefill-batch", "١"], "--prefill-batch: '١' is not allowed; allowed: numbers in ASCII "
+                                              "digits"),
+        ("llm_eval", [*ppl, "--model", str(d / "no_tokenizer")], f"model '{d}/no_tokenizer': no usable tokenizer in "
+                                                                 f"{d}/no_tokenizer"),
+        ("llm_eval", [*ppl, "--model", str(d / "header_not_tensors")],
+         f"{d}/header_not_tensors/model.safetensors is not a safetensors file (15 bytes; its header is not a table "
+         "of tensors)"),
+        ("llm_run", ["--variant", "palu", "--palu-group-size", "3", "--palu-ranks", str(d / "random_dump")],
+         f"--palu-ranks: {d}/random_dump/model.safetensors is not a safetensors file (4096 bytes, unreadable header)"),
+        ("llm_eval", [*ppl, "--ppl-corpus", str(d / "locked_corpus.txt")],
+         f"--ppl-corpus: '{d}/locked_corpus.txt' can't be read (Permission denied)"),
+        ("llm_run", ["--variant", "palu", "--palu-group-size", "3", "--palu-ranks", str(d / "locked_ranks.json")],
+         f"--palu-ranks: {d}/locked_ranks.json can't be read (Permission denied)"),
+        ("llm_run", ["--suites-file", str(d / "locked_suites.yaml")],
+         f"suite file {d}/locked_suites.yaml can't be read (Permission denied)"),
+        ("llm_eval", ["--suite", "lmeval", "--tasks", "mini_piqa", "--fewshot", "0,100000"],
+         "--fewshot: 100000 is not allowed for mini_piqa, whose few-shot pool holds 120 documents; allowed: 0 to 119"),
+        ("llm_eval", ["--suite", "lmeval", "--tasks", "mine", "--tasks-path", str(d / "tasks_generate")],
+         f"--tasks: mine ({d}/tasks_generate/deeper/t.yaml) is 'generate_until' with metrics ['acc', 'acc_norm']; "
+         "allowed: a multiple_choice task whose metrics include acc, or a RULER task"),
         ("llm_run", ["--variant", "palu", "--palu-calib-seq-len", "9000"], "--palu-calib-seq-len: 9000 is longer than "
                                                                           "the model's context of 8192 tokens"),
         ("llm_run", ["--exp-gr", "x"], "llm_run: --exp-gr: unknown option; closest: --exp-group (see --help)"),
@@ -315,13 +328,14 @@ def bad_cases(d):
     registered = methods.load().values()
     choices = {f"--{m.name}-{o.key.replace('_', '-')}" for m in registered for o in m.options if o.choices}
     for flag, _, kind, _ in config.options():
-        values = {"int": ["x", "1.5"], "float": ["x", "nan"], "ints": ["1,x", "-4", "2,2"], "strs": [","],
-                  "floats": ["x", "0.5,0.5", "2"],
-                  "limit": ["0", "some"], "str": ["bogus"], "flag": [], "settings": ["x", "bogus_knob=1"]}[kind]
+        values = {"int": ["x", "1.5", "١٢"], "float": ["x", "nan", "٠٫٥"], "ints": ["1,x", "-4", "2,2", "1,٢"],
+                  "strs": [","], "floats": ["x", "0.5,0.5", "2", "٠٫٥"], "limit": ["0", "some", "٣"],
+                  "str": ["bogus", "!!python/object/apply:os.system [touch pwned]", "n" * 300], "flag": [],
+                  "settings": ["x", "bogus_knob=1", "x=!!python/name:os.system"]}[kind]
         if flag in ("--results-root", "--run-id", "--exp-group", "--seed"):
             continue     # any name is a valid results root or id; any integer a seed
         if kind == "str" and flag not in ("--profile", "--device", "--dtype", "--shard", *choices):
-            values = [str(d / "no" / "such")]   # paths and names
+            values = [str(d / "no" / "such"), str(d / "locked_corpus.txt"), str(d / ("n" * 300))]   # paths and names
         cases += [("llm_eval" if flag.startswith(("--ppl", "--tasks", "--limit", "--fewshot", "--baseline"))
                    else "llm_run", ["--variant", next((m.name for m in registered if flag.startswith(f"--{m.name}-")),
                                                       "palu"), flag, v], None) for v in values]
@@ -334,7 +348,8 @@ def test_bad_input_exits_2_with_one_stderr_line_and_creates_nothing(bad_files, t
     root = tmp_path / "results"
     (tmp_path / "cases.json").write_text(json.dumps([{"cli": c, "args": a, "root": str(root)} for c, a, _ in cases]))
     env = {**os.environ, "HF_HOME": str(bad_files / "hf"), "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'src'}"}
-    proc = subprocess.run([sys.executable, "-m", "tests.bad_input_driver", str(tmp_path / "cases.json"),
+    as_user = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    proc = subprocess.run([*as_user, sys.executable, "-m", "tests.bad_input_driver", str(tmp_path / "cases.json"),
                            str(tmp_path / "out.json")], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads((tmp_path / "out.json").read_text())

@@ -104,6 +104,21 @@ def test_lmeval_through_the_real_harness_matches_direct_logliks(smol, tmp_path):
             assert item["loglik"][k] == pytest.approx(direct, abs=1e-3)
 
 
+@pytest.mark.system
+def test_a_task_that_reports_acc_alone_is_recorded_and_tabled_without_acc_norm(smol, tmp_path):
+    """winogrande and mmlu list only acc: their cells hold acc and no acc_norm, in the record and in the tables."""
+    text = (REPO / "data/tasks/mini_piqa.yaml").read_text().replace("task: mini_piqa", "task: acc_only")
+    text = text.replace("mini_piqa.jsonl", str(REPO / "data/tasks/mini_piqa.jsonl"))
+    (tmp_path / "acc_only.yaml").write_text(text[:text.index("  - metric: acc_norm")])
+    task = lmeval.resolve_tasks(["acc_only"], str(tmp_path))["acc_only"]
+    rec = lmeval.evaluate(smol, task, fewshot=0, limit=4, batch_size=4)
+    assert "acc_norm" not in rec and all(set(i) == {"doc_id", "target", "loglik", "acc"} for i in rec["items"])
+    assert rec["acc"] == sum(int(max(range(2), key=i["loglik"].__getitem__) == i["target"]) for i in rec["items"]) / 4
+    assert lmeval.metrics(rec) is lmeval.ACC
+    row = "\n".join(lmeval.Lmeval().markdown({}, [("test_lmeval[acc_only-0shot]", {**rec, "status": "ok"})]))
+    assert f"| test_lmeval[acc_only-0shot] | ok | {rec['acc']:.4f} ± {rec['acc_stderr']:.4f} | — | 4 of 120 |" in row
+
+
 @pytest.mark.parametrize("b, c", [(0, 10), (3, 9), (5, 5), (1, 0), (0, 0)])
 def test_mcnemar_exact_against_scipy(b, c):
     from scipy.stats import binomtest

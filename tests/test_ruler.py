@@ -12,7 +12,7 @@ from gcompress_bench.suites import lmeval
 
 from .conftest import run_cli
 
-LENGTH, LIMIT = 1024, 2
+LENGTH, LIMIT = 512, 2   # the shortest length RULER allows: its template and 128 answer tokens
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 ALLOWED = "allowed offline: niah_single_1, niah_multikey_2, niah_multikey_3, ruler_cwe, ruler_vt, ruler_fwe"
 
@@ -97,7 +97,8 @@ def test_paired_ruler_cell_means_scores_and_tests_fully_right_items():
         "p = 1.0000; **DIFFERENT documents: not comparable**)")
     row = {"values": {"baseline": {"missing": "not run"}, "palu": {"score": 0.5, "length": LENGTH}}}
     assert lmeval.row_metrics(row) == ("score",)
-    assert lmeval.row_metrics({"values": {"baseline": {"acc": 0.5, "length": None}}}) == ("acc", "acc_norm")
+    assert lmeval.row_metrics({"values": {"baseline": {"acc": 0.5, "acc_norm": 0.5}}}) == ("acc", "acc_norm")
+    assert lmeval.row_metrics({"values": {"baseline": {"acc": 0.5}}}) == ("acc",)   # a task without acc_norm
 
 
 def _refused(tmp_path, *args):

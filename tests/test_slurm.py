@@ -26,7 +26,7 @@ CALIB = " --palu-calib-samples=2"   # the palu jobs' whitening: 2 windows are pl
 SMALL = ["--no-gpu", "--model", "smollm2-135m", "--profile", "quick", "--tasks", "piqa", "--limit", "4",
          "--job-args", GRID + CALIB + f" --ppl-corpus={SHORT_CORPUS}"]
 HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-NIGHT = ["--no-gpu", "--model", HF_ID, "--profile", "quick", "--tasks", "piqa,hellaswag", "--limit", "8",
+NIGHT = ["--no-gpu", "--model", HF_ID, "--profile", "quick", "--tasks", "piqa,hellaswag", "--limit", "4",
          "--job-args", GRID + CALIB]
 JOB_RES = ["--", "--mem=1500M", "--cpus-per-task=1"]   # the local partition oversubscribes its 2 cores
 
@@ -65,21 +65,22 @@ def _job_times(jid):
     return [datetime.fromisoformat(re.search(rf"{k}=(\S+)", line)[1]) for k in ("StartTime", "EndTime")]
 
 
-def test_the_night_on_an_hf_cache_six_jobs_at_once(slurm, tmp_path, standin_hf_home):
-    """The user's first night: an HF id and the datasets from an HF cache filled on a login node, an empty
-    suite cache, all six jobs starting together (the three palu jobs race for the whitening factors)."""
+def test_the_night_on_an_hf_cache_four_jobs_at_once(slurm, tmp_path, standin_hf_home):
+    """The user's first quality night: an HF id and the datasets from an HF cache filled on a login node, an
+    empty suite cache, all four jobs starting together (the two palu jobs race for the whitening factors). The
+    timing jobs' night is the sharded one below."""
     cold = tmp_path / "cold-cache"
     env = {**os.environ, "GC_HF_HOME": str(standin_hf_home), "GCOMPRESS_CACHE": str(cold)}
     start = time.monotonic()
-    out, ids = launch(tmp_path, *NIGHT, "--exp-group", "night", *JOB_RES, env=env)
-    assert len(ids) == 7   # 6 jobs + the report
+    out, ids = launch(tmp_path, *NIGHT, "--suites", "ppl,lmeval", "--exp-group", "night", *JOB_RES, env=env)
+    assert len(ids) == 5   # 4 jobs + the report
     wait(ids)
     wall = time.monotonic() - start
     night = tmp_path / "results" / "night"
     runs = sorted(p.name.split("-", 2)[2] for p in night.iterdir())
-    assert runs == sorted(f"{v}-{s}" for v in ("baseline", "palu") for s in ("infer_sweep", "ppl", "lmeval"))
-    spans = [_job_times(j) for j in ids[:6]]
-    assert max(s for s, _ in spans) < min(e for _, e in spans), spans   # all six were running at one moment
+    assert runs == sorted(f"{v}-{s}" for v in ("baseline", "palu") for s in ("ppl", "lmeval"))
+    spans = [_job_times(j) for j in ids[:4]]
+    assert max(s for s, _ in spans) < min(e for _, e in spans), spans   # all four were running at one moment
     hits, ppl = [], {}
     for run in sorted(night.iterdir()):
         for name in ("config.json", "env.json", "raw.json", "summary.json", "run_summary.md"):
@@ -96,19 +97,15 @@ def test_the_night_on_an_hf_cache_six_jobs_at_once(slurm, tmp_path, standin_hf_h
             hits.append(raw["method_facts"]["calibration"]["cache_hit"])
         else:
             assert raw["method_facts"] is None   # baseline: the model as loaded
-    assert sorted(hits) == [False, True, True]   # computed once under the lock, read by the other two
+    assert sorted(hits) == [False, True]   # computed once under the lock, read by the other job
     left = sorted(p.name for p in cold.rglob("*"))
     assert len([n for n in left if n.endswith(".pt")]) == 1 and not [n for n in left if ".tmp" in n], left
-    assert (REPO / "slurm_logs" / f"baseline-ppl_{ids[1]}.out").exists()
+    assert (REPO / "slurm_logs" / f"baseline-ppl_{ids[0]}.out").exists()
     md = (tmp_path / "reports" / "night" / "report.md").read_text()
-    assert f"| baseline-ppl | {ids[1]} | COMPLETED | 0:0 |" in md
+    assert f"| baseline-ppl | {ids[0]} | COMPLETED | 0:0 |" in md
     assert "FALLBACK" not in md and "baber/piqa (HF datasets cache" in md and "Rowan/hellaswag (HF datasets" in md
     assert (f"| test_ppl[S256] | {ppl['baseline']:.4f} | {ppl['palu']:.4f} | {ppl['palu'] / ppl['baseline']:.4f} (same "
             "windows) | Salesforce/wikitext wikitext-2-raw-v1 test (HF datasets cache") in md
-    base_sweep = next(night.glob("*-baseline-infer_sweep*"))
-    p50 = json.loads((base_sweep / "summary.json").read_text())["cells"]["test_prefill[B1-S16]"]["stats_ms"]["latency"]
-    # six jobs share two cores here: the cell may be marked host-bound after its p50, and the report says so
-    assert re.search(rf"\| test_prefill\[B1-S16\] \| {p50['p50']:.3f}( \*\*host-bound\*\*)? \|", md)
     print(f"night wall time: {wall:.0f} s")
 
 
@@ -128,48 +125,48 @@ def test_the_report_job_names_every_failed_job(slurm, tmp_path):
             f"with both under {tmp_path / 'results'}/g)") in md and proc.returncode == 2
 
 
-def test_sharded_infer_sweep_merges_to_the_unsharded_cell_set(slurm, tmp_path):
-    out, ids = launch(tmp_path, *SMALL, "--exp-group", "sharded", "--suites", "infer_sweep", "--shards", "2", *JOB_RES)
+def test_a_sharded_night_of_a_plugin_method_merges_its_shards_and_is_reported(slurm, tmp_path):
+    """Sharded infer_sweep and a plug-in method through real Slurm, in one night. Each variant's shards merge to
+    the unsharded cell set. The plug-in is registered by GCOMPRESS_METHODS alone (the jobs and the report job
+    inherit it): its option reaches its jobs, its facts raw.json, its column the report."""
+    out, ids = launch(tmp_path, *SMALL[:-1], SMALL[-1] + " --mlpprune-keep 0.8", "--variants", "baseline,mlpprune",
+                      "--suites", "infer_sweep,ppl", "--shards", "2", "--exp-group", "plug", *JOB_RES,
+                      env={**os.environ, **PLUGIN})
+    assert len(ids) == 5   # per variant an array of 2 infer_sweep shards and a ppl job, then the report
     wait(ids)
-    runs = sorted(p.name for p in (tmp_path / "results" / "sharded").iterdir())
-    assert [r.rsplit("-", 1)[1] for r in runs] == ["shard0", "shard1", "shard0", "shard1"]
-    cells = {}
-    for run in runs:
-        raw = json.loads((tmp_path / "results" / "sharded" / run / "raw.json").read_text())
-        cells.setdefault(raw["variant"], []).extend(raw["cells"])
+    night = tmp_path / "results" / "plug"
+    runs = {p.name.split("-", 2)[2]: p for p in night.iterdir()}
+    assert sorted(runs) == ["baseline-infer_sweep-shard0", "baseline-infer_sweep-shard1", "baseline-ppl",
+                            "mlpprune-infer_sweep-shard0", "mlpprune-infer_sweep-shard1", "mlpprune-ppl"]
+    raw = {name: json.loads((run / "raw.json").read_text()) for name, run in runs.items()}
     unsharded = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "pytest", "benchmarks", "-m", "prefill or decode",
                                 "--co", "-q", *GRID.split()], capture_output=True, text=True, cwd=REPO).stdout
     expected = sorted(line.split("::")[1] for line in unsharded.splitlines() if "::" in line)
-    for variant in ("baseline", "palu"):
-        assert sorted(cells[variant]) == expected and len(set(cells[variant])) == len(expected)
-    report = json.loads((tmp_path / "reports" / "sharded" / "report.json").read_text())
+    for variant in ("baseline", "mlpprune"):
+        cells = [c for shard in (0, 1) for c in raw[f"{variant}-infer_sweep-shard{shard}"]["cells"]]
+        assert sorted(cells) == expected and len(set(cells)) == len(expected)
+    report = json.loads((tmp_path / "reports" / "plug" / "report.json").read_text())
     assert sorted(r["cell"] for r in report["prefill"] + report["decode"]) == expected
     assert all(r["speedup"] for r in report["prefill"] + report["decode"])
-
-
-def test_a_plugin_night_runs_and_is_reported_against_baseline(slurm, tmp_path):
-    """A plug-in method through real Slurm: registered by GCOMPRESS_METHODS alone (the jobs and the report job
-    inherit it), its option forwarded to its job, its facts in raw.json, its column in the report."""
-    out, ids = launch(tmp_path, *SMALL[:-1], SMALL[-1] + " --mlpprune-keep 0.8", "--variants", "baseline,mlpprune",
-                      "--suites", "ppl", "--exp-group", "plug", *JOB_RES, env={**os.environ, **PLUGIN})
-    assert len(ids) == 3
-    wait(ids)
-    runs = {p.name.split("-", 2)[2]: p for p in (tmp_path / "results" / "plug").iterdir()}
-    assert sorted(runs) == ["baseline-ppl", "mlpprune-ppl"]
-    raw = {name: json.loads((run / "raw.json").read_text()) for name, run in runs.items()}
+    md = (tmp_path / "reports" / "plug" / "report.md").read_text()
+    shard = next(run for name, run in runs.items() if name.startswith("baseline-infer")
+                 and "test_prefill[B1-S16]" in raw[name]["cells"])
+    p50 = json.loads((shard / "summary.json").read_text())["cells"]["test_prefill[B1-S16]"]["stats_ms"]
+    p50 = p50["latency"]["p50"]
+    # jobs share two cores here: the cell may be marked host-bound after its p50, and the report says so
+    assert re.search(rf"\| test_prefill\[B1-S16\] \| {p50:.3f}( \*\*host-bound\*\*)? \|", md)
     assert raw["baseline-ppl"]["method_facts"] is None
     facts = raw["mlpprune-ppl"]["method_facts"]
     assert {k: facts[k] for k in ("keep", "intermediate", "original")} == {"keep": 0.8, "intermediate": 1228,
                                                                           "original": 1536}
     assert json.loads((runs["mlpprune-ppl"] / "config.json").read_text())["mlpprune"] == {"keep": 0.8}
-    cells = {name: r["cells"]["test_ppl[S256]"] for name, r in raw.items()}
+    cells = {name: raw[name]["cells"]["test_ppl[S256]"] for name in ("baseline-ppl", "mlpprune-ppl")}
     assert [c["status"] for c in cells.values()] == ["ok", "ok"]
     assert cells["baseline-ppl"]["sha256"] == cells["mlpprune-ppl"]["sha256"]   # the same windows
     base, cand = cells["baseline-ppl"]["ppl"], cells["mlpprune-ppl"]["ppl"]
-    md = (tmp_path / "reports" / "plug" / "report.md").read_text()
     assert md.startswith("# baseline vs mlpprune keep=0.8\n")
-    assert f"| baseline-ppl | {ids[0]} | COMPLETED | 0:0 |" in md
-    assert f"| mlpprune-ppl | {ids[1]} | COMPLETED | 0:0 |" in md
+    assert f"| baseline-ppl | {ids[1]} | COMPLETED | 0:0 |" in md
+    assert f"| mlpprune-ppl | {ids[3]} | COMPLETED | 0:0 |" in md
     assert "| cell | baseline | mlpprune keep=0.8 | ratio | dataset |" in md
     assert f"| test_ppl[S256] | {base:.4f} | {cand:.4f} | {cand / base:.4f} (same windows) |" in md
     assert "- MLP intermediate 1228 of 1536" in md.splitlines()
@@ -420,10 +417,12 @@ def test_job_script_leaves_the_variant_and_method_options_to_the_cli(tmp_path, a
 
 
 @pytest.mark.system
-def test_a_plug_in_suite_runs_end_to_end_with_no_edit_elsewhere(tmp_path):
-    """tests/plugins/toy_suite.py registers the `entropy` suite from outside the package: its option joins the
-    CLI, its cells run, its summary table, progress line and comparison table appear, the night launcher takes it
-    as a job, and nothing in the package, fixtures, benchmarks or slurm names it."""
+def test_plug_ins_of_both_axes_run_end_to_end_with_no_edit_elsewhere(tmp_path):
+    """tests/plugins/toy_suite.py registers the `entropy` suite and tests/plugins/toy_method.py the method
+    `mlpprune`, from outside the package: their options join the CLI; the suite's cells run on the method's model,
+    its summary table, progress line and comparison table appear; the method's facts, verification and summary
+    line do; the night launcher takes the suite as a job; and nothing in the package, fixtures, benchmarks or
+    slurm names either."""
     import numpy as np
     from scipy.special import logsumexp
 
@@ -452,17 +451,39 @@ def test_a_plug_in_suite_runs_end_to_end_with_no_edit_elsewhere(tmp_path):
     assert raw["cells"]["test_entropy[L8]"]["entropy"] == pytest.approx(float(-(np.exp(logp) * logp).sum(-1).mean()),
                                                                        rel=1e-9)
     assert "## entropy (nats per next token)" in (root / "g/baseline/run_summary.md").read_text()
+    # the method: the harness ran around a plug-in that implements only compress (timed, measured, verified)
+    pruned = json.loads((root / "g/mlpprune/raw.json").read_text())
+    facts = pruned["method_facts"]
+    assert {k: facts[k] for k in ("keep", "intermediate", "original")} == {"keep": 0.5, "intermediate": 768,
+                                                                          "original": 1536}
+    assert facts["memory"] == {"peak_allocated_bytes": None, "peak_reserved_bytes": None,
+                               "reserved_after_release_bytes": None}   # (no CUDA here)
+    assert facts["compress_s"] > 0 and facts["agreement_floor"] is None   # no measured table: finite logits only
+    assert facts["verification"]["finite_logits"] and facts["verification"]["probe_tokens"] == 256
+    assert 0 < facts["verification"]["top1_agreement"] < 1
+    # 30 layers x 3 projections x 768 channels x 576 fewer parameters
+    assert pruned["model_facts"]["parameters"] == 134_515_008 - 30 * 3 * 768 * 576
+    assert "- mlpprune: MLP intermediate 768 of 1536" in (root / "g/mlpprune/run_summary.md").read_text()
     proc = subprocess.run([sys.executable, "-m", "gcompress_bench", "compare", "--exp-group", "g", "--results-root",
                            str(root), "--out", str(tmp_path / "rep")], capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     md = (tmp_path / "rep/report.md").read_text()
-    mlp = json.loads((root / "g/mlpprune/raw.json").read_text())["cells"]["test_entropy[L8]"]["entropy"]
+    assert md.startswith("# baseline vs mlpprune keep=0.5\n") and "## mlpprune" in md
+    mlp = pruned["cells"]["test_entropy[L8]"]["entropy"]
     assert (f"| test_entropy[L8] | {raw['cells']['test_entropy[L8]']['entropy']} | 8 | {mlp} | 8 |") in md
     proc = subprocess.run([sys.executable, "-m", "gcompress_bench", "run", "--suite", "entropy", "--entropy-lengths",
                            "0", "--out", str(root)], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert (proc.returncode, proc.stderr.splitlines()[-1]) == (
         2, "gcompress-bench: --entropy-lengths: [0] is not allowed; values must be positive integers")
+    for args, why, plugins in ((["--variant", "mlpprune", "--mlpprune-keep", "0"],
+                                "--mlpprune-keep: 0.0 is not allowed; it must be in (0, 1]", plug),
+                               (["--variant", "mlpprune"], "--variant: unknown value 'mlpprune'; allowed: baseline, "
+                                                           "palu, asvd, prune", {})):   # not registered without it
+        proc = subprocess.run([sys.executable, "-m", "gcompress_bench", "run", *args, "--out", str(root)],
+                              capture_output=True, text=True, cwd=REPO, timeout=300,
+                              env={**{k: v for k, v in env.items() if k not in plug}, **plugins})
+        assert (proc.returncode, proc.stderr.splitlines()) == (2, [f"gcompress-bench: {why}"])
     night = tmp_path / "night"
     night.mkdir()
     _, cmds = dry_night(night, "--variants", "baseline,mlpprune", "--suites", "entropy", "--no-gpu",

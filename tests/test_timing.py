@@ -121,8 +121,10 @@ def test_a_planted_slow_host_is_flagged_and_a_clean_run_is_not(smol, monkeypatch
     assert slow["stats_ms"]["step"]["p50"] >= clean["stats_ms"]["step"]["p50"] + 55
     assert report.host_check({"clean": clean, "slow": slow}, 1000.0, 1100.0)["host_bound_cells"] == ["slow"]
 
-    trial = iter([0] * 18)   # a generation calls the step 6 times: warm-up and trial 1 (3 generations) run clean
-    monkeypatch.setattr(infer, "step", lambda *a: slow_step(*a, sleep_ms=next(trial, 60)))
+    # a generation calls the step 6 times: warm-up and trial 1 (3 generations) run clean; then each step sleeps 3
+    # clean steps' time, a drift of about 3 whatever the load on the machine stretches the steps to
+    trial, extra = iter([0] * 18), 3 * clean["stats_ms"]["step"]["p50"]
+    monkeypatch.setattr(infer, "step", lambda *a: slow_step(*a, sleep_ms=next(trial, extra)))
     drifted = measured()
     assert drifted["host_drift"] > 0.5, drifted["host_drift"]
 

@@ -348,6 +348,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.cmd == "serve":
         serve(args.port, args.port_file, args.log, args.manifest)
+    elif Path(args.hf_home).exists() and not Path(args.hf_home).is_dir():
+        print(f"hub_standin: --hf-home: {args.hf_home!r} is not a folder; allowed: a folder (made if missing)",
+              file=sys.stderr)
+        sys.exit(2)
     else:
         populate(args.hf_home, args.log, args.manifest)
 

@@ -47,6 +47,9 @@ OPTIONS = [
 ]
 
 
+FILE_NAME_MAX = 255   # bytes in one file name, on every file system a cluster mounts
+
+
 def options():
     """The one option table: the run's own options, every registered suite's, then every method's (--<method>-*)."""
     return OPTIONS + suites.option_rows() + methods.option_rows()
@@ -57,6 +60,12 @@ def option_dest(flag):
 
 
 def _parse(flag, kind, raw):
+    if kind in ("int", "float", "ints", "floats", "limit") and not str(raw).isascii():
+        # int() reads '١٢' as 12: a number must look the same to the user and to a later reader of config.json
+        raise UsageError(f"{flag}: {raw!r} is not allowed; allowed: numbers in ASCII digits")
+    if kind == "str" and max(len(part.encode()) for part in str(raw).split("/")) > FILE_NAME_MAX:
+        raise UsageError(f"{flag}: {str(raw)[:40]!r}... holds a name longer than {FILE_NAME_MAX} bytes; allowed: "
+                         f"names of at most {FILE_NAME_MAX} bytes (the file system's limit)")
     try:
         if kind == "int":
             return int(raw)
@@ -97,6 +106,8 @@ def load_suites(path=None):
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"suite file {path} does not exist") from None
+    except OSError as e:
+        raise UsageError(f"suite file {path} can't be read ({e.strerror})") from None
     except yaml.YAMLError as e:
         raise UsageError(f"suite file {path} is not valid YAML: {e}".splitlines()[0]) from None
     if not isinstance(data, dict) or not {"defaults", "profiles", "models"} <= data.keys():

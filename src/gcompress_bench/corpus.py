@@ -24,11 +24,14 @@ def cached_wikitext2(split):
 
 
 def read_text_file(flag, path, allowed):
-    """A user's text file, or one line naming why it is not one (missing, binary, empty)."""
+    """A user's text file, or one line naming why it is not one (missing, unreadable, binary, empty)."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{flag}: {path!r} is not a file; allowed: {allowed}")
-    data = p.read_bytes()
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{flag}: {path!r} can't be read ({e.strerror}); allowed: {allowed}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

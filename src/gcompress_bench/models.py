@@ -199,8 +199,16 @@ def safetensors_problem(path):
         header = None
     if not isinstance(header, dict):
         return f"is not a safetensors file ({size} bytes, unreadable header)"
-    end = 8 + n + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    tensors = [v for k, v in header.items() if k != "__metadata__"]
+    if not all(isinstance(v, dict) and isinstance(v.get("dtype"), str) and isinstance(v.get("shape"), list)
+               and _offsets(v.get("data_offsets")) for v in tensors):
+        return f"is not a safetensors file ({size} bytes; its header is not a table of tensors)"
+    end = 8 + n + max((v["data_offsets"][1] for v in tensors), default=0)
     return None if end == size else f"is {size} bytes but its header describes {end}: truncated or corrupt"
+
+
+def _offsets(o):
+    return (isinstance(o, list) and len(o) == 2 and all(type(x) is int for x in o) and 0 <= o[0] <= o[1])
 
 
 def _export_gguf(name, entry, out):
@@ -249,7 +257,13 @@ def load_tokenizer(spec):
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - a missing or foreign tokenizer raises OSError, ValueError, TypeError...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelUnavailable(f"model {spec.name!r}: no usable tokenizer in {spec.path} ({first}); allowed: a "
+                               "folder with the tokenizer files save_pretrained writes (tokenizer.json, "
+                               "tokenizer_config.json)") from None
 
 
 def load(spec, dtype, device):

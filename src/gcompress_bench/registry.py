@@ -16,6 +16,7 @@ class Registry(dict):
         super().__init__()
         self.kind, self.key, self.builtin, self.variable, self.group = kind, key, builtin, variable, group
         self.first = first   # modules whose plug-ins come before every other (the baseline method)
+        self.loaded = None   # the modules of the last load: the option table asks several times per run
 
     def register(self, plugin):
         name = getattr(plugin, self.key)
@@ -28,6 +29,8 @@ class Registry(dict):
         """Import every module of the axis (idempotent); a plug-in that cannot be imported is one UsageError
         line naming it. Returns the registry."""
         modules = self.builtin + tuple(m for m in os.environ.get(self.variable, "").split(",") if m)
+        if modules == self.loaded:
+            return self
         for module in modules:
             try:
                 importlib.import_module(module)
@@ -43,4 +46,5 @@ class Registry(dict):
         ordered = sorted(self.values(), key=lambda p: rank.get(type(p).__module__, len(rank)))
         self.clear()
         self.update((getattr(p, self.key), p) for p in ordered)
+        self.loaded = modules
         return self

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,12 +51,27 @@ class Metrics:
 
 
 CHOICE = Metrics(("acc", "acc_norm"), {"acc": "acc", "acc_norm": "acc_norm"})
+ACC = Metrics(("acc",), {"acc": "acc"})   # a multiple-choice task whose metric_list has no acc_norm (winogrande, mmlu)
 RULER = Metrics(("score",), {"score": "correct"})   # score: share of gold strings found; correct: all found
 
 
 def metrics(rec):
     """The Metrics of a record (a raw cell, a summary cell or a slice of one): RULER records carry a length."""
-    return RULER if rec.get("length") is not None else CHOICE
+    if rec.get("length") is not None:
+        return RULER
+    return CHOICE if "acc_norm" in rec else ACC
+
+
+def check_task(name, cfg, where):
+    """At session start: a task must be one whose record this suite can write, multiple choice reporting acc
+    (acc_norm too where it does), so a generation task is refused before any cell instead of after its run."""
+    listed = cfg.get("metric_list")
+    have = ({m.get("metric") for m in listed if isinstance(m, dict)} if isinstance(listed, list)
+            else {"acc", "acc_norm"})   # lm-eval's default metrics for multiple_choice
+    if cfg.get("output_type") != "multiple_choice" or "acc" not in have:
+        raise UsageError(f"--tasks: {name} ({where}) is {cfg.get('output_type')!r} with metrics "
+                         f"{sorted(map(str, have))}; allowed: a multiple_choice task whose metrics include acc, "
+                         "or a RULER task")
 
 
 def row_metrics(row):
@@ -72,36 +88,91 @@ class TaskSource:
 
 
 @functools.cache
-def builtin_tasks():
-    """lm-eval's TaskManager over its own built-in YAMLs, built once per process (a few seconds)."""
+def builtin_index(store=True):
+    """{task name: its YAML} for every single task of the installed lm-eval. lm-eval's TaskManager reads all of
+    its 14,000 YAMLs to find them (6 s a process here), so the names are found once per lm-eval install and kept
+    in the suite cache (an entry like the others: atomic, checked by content). A cache this user can't write, or
+    store=False (--check-only), gets them found in memory."""
+    import lm_eval
+
+    from gcompress_bench import cache, models
+    root = Path(lm_eval.__file__).parent / "tasks"
+    key = hashlib.sha256(f"{importlib.metadata.version('lm_eval')} {root}".encode()).hexdigest()[:16]
+    folder = models.CACHE_ROOT / "lm-eval-tasks" / key
+
+    def build(tmp):
+        (tmp / "tasks.json").write_text(json.dumps(_scan(), indent=0))
+    try:
+        if store or (folder.is_dir() and cache.problem(folder) is None):
+            cache.entry(folder, build)
+            return json.loads((folder / "tasks.json").read_text())
+    except OSError:
+        pass
+    return _scan()
+
+
+def _scan():
     from lm_eval.tasks import TaskManager
 
-    return TaskManager()
+    return {name: str(e.yaml_path) for name, e in TaskManager().task_index.items()
+            if e.kind.name == "TASK" and e.yaml_path is not None}
 
 
-def builtin_index():
-    return builtin_tasks().task_index
+@functools.cache
+def builtin_config(task, store=True):
+    """The YAML config of a built-in task, its includes resolved and its functions not."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return load_yaml(builtin_index(store)[task], resolve_func=False)
 
 
-def builtin_dataset(task):
+def builtin_dataset(task, store=True):
     """(dataset_path, dataset_name) that the installed lm-eval's YAML for `task` reads from the HF hub."""
-    entry = builtin_index().get(task)
-    if entry is None or entry.kind.name != "TASK":
+    if task not in builtin_index(store):
         raise UsageError(f"--tasks: {task!r} is not a single task of the installed lm-eval (groups and tags: "
                          "name their tasks one by one)")
-    return entry.cfg.get("dataset_path"), entry.cfg.get("dataset_name")
+    cfg = builtin_config(task, store)
+    return cfg.get("dataset_path"), cfg.get("dataset_name")
 
 
-def cached_revision(path, name):
-    """The commit of a dataset in the local HF datasets cache, or (None, why not); never a download."""
+@functools.cache
+def _cached_dataset(path, name):
+    """(the dataset from the local HF datasets cache, None) or (None, why not); never a download."""
     from datasets import load_dataset
 
     try:
-        ds = load_dataset(path, name)
+        return load_dataset(path, name), None
     except Exception as e:  # noqa: BLE001 - any failure offline means "not cached"
         return None, str(e).splitlines()[0] if str(e) else type(e).__name__
-    split = next(iter(ds.values()))
-    return Path(split.cache_files[0]["filename"]).parent.name, None
+
+
+def cached_revision(path, name):
+    """The commit of a dataset in the local HF datasets cache, or (None, why not)."""
+    ds, why = _cached_dataset(path, name)
+    if ds is None:
+        return None, why
+    return Path(next(iter(ds.values())).cache_files[0]["filename"]).parent.name, None
+
+
+def shot_pool(task, store=True):
+    """How many documents a task draws its shots from: the rows of its fewshot split, or else of the first
+    of its training, validation and test splits, as lm-eval picks it. A local task's files are read into a
+    throwaway datasets cache (a check writes nothing); a built-in's dataset is the cached one."""
+    import datasets
+    cfg = builtin_config(task.spec, store) if isinstance(task.spec, str) else task.spec
+    split = next(cfg[k] for k in ("fewshot_split", "training_split", "validation_split", "test_split") if cfg.get(k))
+    if isinstance(task.spec, str):   # None when the cache lacks that split: lm-eval then names it itself
+        ds = _cached_dataset(cfg["dataset_path"], cfg.get("dataset_name"))[0]
+        return len(ds[split]) if split in ds else None
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return len(datasets.load_dataset(cfg["dataset_path"], cfg.get("dataset_name"), split=split, cache_dir=tmp,
+                                             **cfg.get("dataset_kwargs", {})))
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
 
 
 def _sha256(path):
@@ -135,16 +206,18 @@ def local_tasks(folder):
     return out
 
 
-def resolve_tasks(names, tasks_path=None):
-    """Each requested task -> TaskSource; an unknown name is a usage error naming where it looked."""
+def resolve_tasks(names, tasks_path=None, store=True):
+    """Each requested task -> TaskSource; an unknown name is a usage error naming where it looked. store=False
+    (--check-only): nothing is written to the suite cache."""
     user = local_tasks(tasks_path) if tasks_path else {}
     mini = local_tasks(TASKS_DIR)
     out = {}
     for name in names:
         if name in user or name in mini:
             out[name] = user.get(name) or mini[name]
+            check_task(name, out[name].spec, out[name].source)
             continue
-        if name not in builtin_index() or builtin_index()[name].kind.name != "TASK":
+        if name not in builtin_index(store):
             searched = ", ".join(filter(None, [f"{tasks_path} (recursively)" if tasks_path else None,
                                                str(TASKS_DIR), "the installed lm-eval's built-in tasks"]))
             local = sorted(set(user) | set(mini))
@@ -153,7 +226,8 @@ def resolve_tasks(names, tasks_path=None):
         if name in RULER_TASKS:
             out[name] = ruler_source(name)
             continue
-        path, config = builtin_dataset(name)
+        check_task(name, builtin_config(name, store), "the installed lm-eval's built-in task")
+        path, config = builtin_dataset(name, store)
         revision, why = cached_revision(path, config)
         if revision:
             out[name] = TaskSource(name, f"{path} (HF datasets cache, revision {revision})",
@@ -203,18 +277,21 @@ def _load(task, lm, ruler_length):
     from lm_eval.tasks import TaskManager
 
     if task.spec in RULER_TASKS:
-        manager = TaskManager(metadata={"tokenizer": lm.spec.path, "max_seq_lengths": [ruler_length]})
+        manager = TaskManager(include_defaults=False, metadata={"tokenizer": lm.spec.path,
+                                                                "max_seq_lengths": [ruler_length]})
         random.seed(RULER_SEEDS[0])
         np.random.seed(RULER_SEEDS[1])
     else:
-        manager = builtin_tasks() if isinstance(task.spec, str) else TaskManager(include_defaults=False)
-    (name, task_obj), = manager.load(task.spec)["tasks"].items()
+        manager = TaskManager(include_defaults=False)
+    # a built-in task is loaded from its YAML's path, as TaskManager does after looking its name up
+    spec = builtin_index()[task.spec] if isinstance(task.spec, str) else task.spec
+    (name, task_obj), = manager.load(spec)["tasks"].items()
     return manager, name, task_obj
 
 
-def _choice_items(samples):
+def _choice_items(samples, names):
     return [{"doc_id": s["doc_id"], "target": s["target"], "loglik": [float(r[0]) for r in s["filtered_resps"]],
-             "acc": s["acc"], "acc_norm": s["acc_norm"]} for s in samples]
+             **{m: s[m] for m in names}} for s in samples]
 
 
 def _ruler_items(samples, length):
@@ -223,10 +300,10 @@ def _ruler_items(samples, length):
 
 
 def evaluate(lm, task, fewshot, limit, batch_size, ruler_length=None):
-    """Multiple choice: acc/acc_norm with stderr and per-item log-likelihoods. RULER (at `ruler_length` tokens,
-    0 shots): the mean score, and per item the greedy answer, its score and whether it is fully right. Both:
-    n of n available and provenance. lm-eval's own default seeds are kept, so a direct `simple_evaluate` call
-    reproduces a cell."""
+    """Multiple choice: acc (and acc_norm where the task reports it) with stderr and per-item log-likelihoods.
+    RULER (at `ruler_length` tokens, 0 shots): the mean score, and per item the greedy answer, its score and
+    whether it is fully right. Both: n of n available and provenance. lm-eval's own default seeds are kept, so a
+    direct `simple_evaluate` call reproduces a cell."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -248,8 +325,9 @@ def evaluate(lm, task, fewshot, limit, batch_size, ruler_length=None):
                   "score_stderr": _number(res.get(f"{ruler_length}_stderr,none")), "length": ruler_length}
         per_item = _ruler_items(samples, ruler_length)
     else:
-        scores = {k: _number(res[f"{k},none"]) for m in CHOICE.names for k in (m, f"{m}_stderr")}
-        per_item = _choice_items(samples)
+        names = [m for m in CHOICE.names if f"{m},none" in res]
+        scores = {k: _number(res[f"{k},none"]) for m in names for k in (m, f"{m}_stderr")}
+        per_item = _choice_items(samples, names)
     split = task_obj.config.test_split or task_obj.config.validation_split
     return {"task": name, "source": task.source, "fewshot": fewshot, "limit": limit, "n": len(per_item),
             "n_available": len(docs), "split": split,
@@ -299,8 +377,18 @@ class Lmeval(Suite):
         return {"--lmeval-ruler-length": g["ruler_length"]} if any(t in RULER_TASKS for t in g["tasks"]) else {}
 
     def prepare(self, cfg, spec, tokenizer, device):
-        """{task name: TaskSource}: the data each requested task reads."""
-        return resolve_tasks(cfg["lmeval"]["tasks"], cfg["lmeval"]["tasks_path"])
+        """{task name: TaskSource}: the data each requested task reads, with enough documents for the shots."""
+        g = cfg["lmeval"]
+        store = not cfg.get("check_only")   # a check writes nothing, not even the task index
+        tasks = resolve_tasks(g["tasks"], g["tasks_path"], store)
+        shots = max(g["fewshot"])
+        for name, task in tasks.items():
+            if shots and name not in RULER_TASKS:
+                pool = shot_pool(task, store)
+                if pool is not None and shots >= pool:   # lm-eval draws shots + 1, then drops the one asked
+                    raise UsageError(f"--fewshot: {shots} is not allowed for {name}, whose few-shot pool holds {pool} "
+                                     f"documents; allowed: 0 to {pool - 1}")
+        return tasks
 
     def inputs(self, cfg, tasks):
         return [f"lmeval {name}: {t.source}" for name, t in tasks.items()]
@@ -374,7 +462,8 @@ class Lmeval(Suite):
         return table("lmeval", ["acc ± stderr", "acc_norm ± stderr", "n of available", "shots", "data",
                                 "docs sha256", "s"], [r for r in rows if r not in ruler],
                      dash_unless_ok(7, lambda c: [plus_minus(c["acc"], c["acc_stderr"]),
-                                                  plus_minus(c["acc_norm"], c["acc_norm_stderr"]),
+                                                  plus_minus(c["acc_norm"], c["acc_norm_stderr"])
+                                                  if "acc_norm" in c else "—",
                                                   f"{c['n']} of {c.get('n_available', '?')}", str(c["fewshot"]),
                                                   data_source(c), c.get("data", {}).get("docs_sha256", "—")[:12],
                                                   f"{c['seconds']:.1f}"])) + \

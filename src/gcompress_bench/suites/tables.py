@@ -132,6 +132,7 @@ def quality_rows(suite, ref, cands, pairs, keys):
         row = {"cell": cid, "paired": {label: t.get(cid) for label, t in pairs.items()}, "values": {}}
         for side in (ref, *cands):
             why = missing(side, cid)
-            row["values"][side["label"]] = {"missing": why} if why else {k: side["cells"][cid].get(k) for k in keys}
+            row["values"][side["label"]] = {"missing": why} if why else {k: side["cells"][cid][k] for k in keys
+                                                                            if k in side["cells"][cid]}
         rows.append(row)
     return rows

@@ -135,7 +135,13 @@ def compress(lm, plan, opts, progress):
     scales = {name: m.clamp_min(1e-6).double() ** opts["alpha"] for name, m in means.items()}
     mods = _modules(lm.model)
     shapes = {n: tuple(m.weight.shape) for n, m in mods.items()}
-    spectra = {n: spectrum(m.weight, scales[n]) for n, m in mods.items()}
+
+    def spectra_of(_lm, _ids):   # a Gram matrix and its eigenvalues per module: half of a compression's time
+        t = time.perf_counter()
+        sig = {n: spectrum(m.weight, scales[n]) for n, m in mods.items()}
+        return sig, {"spectra_s": round(time.perf_counter() - t, 3)}
+    spectra, spectra_facts = cached(lm, "asvd-spectra", {**calib, "alpha": opts["alpha"]}, ids, spectra_of, progress)
+    spectra = {n: sig.cpu() for n, sig in spectra.items()}
     ranks, tau = allocate(spectra, shapes, opts["ratio"])
     policy = align.parse(opts["align_policy"])
     shaped = [align.Module(n, r, dense_above(*shapes[n]) - 1, sum(shapes[n]), _energy_kept(spectra[n]),
@@ -161,7 +167,8 @@ def compress(lm, plan, opts, progress):
         if name.endswith(TARGETS[-1]):
             progress(f"asvd: layer {int(name.split('.')[2]) + 1}/{layers} factored ({time.perf_counter() - t0:.1f} s)")
     facts = _summary(modules, opts, tau)
-    facts.update(alignment=align.facts(policy, shaped, dims), calibration={**calib, **cache_facts})
+    facts.update(alignment=align.facts(policy, shaped, dims), calibration={**calib, **cache_facts},
+                 spectra=spectra_facts)
     return facts
 
 

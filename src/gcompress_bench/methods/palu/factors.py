@@ -86,6 +86,8 @@ def read_rank_file(path, config, gs):
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"--palu-ranks: rank file {path} does not exist") from None
+    except OSError as e:
+        raise UsageError(f"--palu-ranks: {path} can't be read ({e.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"--palu-ranks: {path} is not valid JSON ({e})") from None
     ranks = data.get("head_wise_ranks", data) if isinstance(data, dict) else None
@@ -188,7 +190,17 @@ def check_dump(folder, files, ranks, config, gs, palu_name):
         raise UsageError(f"--palu-ranks: {folder} was made from {origin!r} (original_model_name_or_path), not "
                          f"from {palu_name}; allowed: a PaLU dump of {palu_name}, or --palu-factors recompute")
     _, kv, hd = geometry(config)
-    shapes = _dump_tensors(files, shapes_only=True)
+    for f in files:
+        why = models.safetensors_problem(f) if f.suffix == ".safetensors" else None
+        if why:
+            raise UsageError(f"--palu-ranks: {f} {why}; allowed: a PaLU dump as compress.py wrote it, "
+                             "or --palu-factors recompute")
+    try:
+        shapes = _dump_tensors(files, shapes_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever a torn or foreign weight file makes its reader raise
+        raise UsageError(f"--palu-ranks: {folder}: its weights can't be read ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); allowed: a PaLU dump as compress.py wrote "
+                         "it, or --palu-factors recompute") from None
     for mod, rs in ranks.items():
         want = dict(zip(_dump_names(mod, len(rs)), [(sum(rs), config.hidden_size)] + [(gs * hd, r) for r in rs]))
         for name, shape in want.items():
