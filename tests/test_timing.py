@@ -118,7 +118,8 @@ def test_a_planted_slow_host_is_flagged_and_a_clean_run_is_not(smol, monkeypatch
     slow = measured()
     assert calls and clean["device_busy"] >= 0.8 and not clean["host_bound"], clean["device_busy"]
     assert slow["device_busy"] < 0.8 and slow["host_bound"], slow["device_busy"]
-    assert slow["stats_ms"]["step"]["p50"] >= clean["stats_ms"]["step"]["p50"] + 55
+    assert slow["stats_ms"]["step"]["p50"] >= 60   # the sleep is inside the timed step (a shared machine's load
+    # moves the compute part between runs, so no difference with the clean run is asserted)
     assert report.host_check({"clean": clean, "slow": slow}, 1000.0, 1100.0)["host_bound_cells"] == ["slow"]
 
     # a generation calls the step 6 times: warm-up and trial 1 (3 generations) run clean; then each step sleeps 3
