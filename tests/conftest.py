@@ -130,3 +130,12 @@ def wikitext_text(split):
     joins the rows: rebuilt from the source file here, not read through datasets."""
     lines = (REPO / "data" / "hub_standin" / "wikitext" / f"{split}.txt").read_text().splitlines()
     return "\n\n".join(line + "\n" if line else "" for line in lines)
+
+
+def ppl_ratio_cell(ref, cand):
+    """A comparison table's perplexity-ratio cell for two raw ppl records: the ratio, its interval (results.stats,
+    tested against scipy's bootstrap) and the windows' verdict."""
+    from gcompress_bench.results.stats import ppl_ratio_interval
+    lo, hi = ppl_ratio_interval(ref["window_nll"], cand["window_nll"], ref["window_tokens"])
+    return (f"{cand['ppl'] / ref['ppl']:.4f} [{lo:.4f}, {hi:.4f}]" + (" no measurable difference" if lo <= 1 <= hi
+                                                                      else "") + " (same windows)")

@@ -10,10 +10,11 @@ from matplotlib.image import imread
 
 from gcompress_bench import cli
 from gcompress_bench.measure import ops
-from gcompress_bench.results import comparison, plots, report
+from gcompress_bench.results import comparison, plots, report, stats
+from gcompress_bench.results.store import load_raw
 from gcompress_bench.suites import tables
 
-from .conftest import REPO
+from .conftest import REPO, ppl_ratio_cell
 
 PNGS = ["prefill_latency.png", "prefill_speedup.png", "decode_ms_per_token.png", "decode_speedup.png",
         "memory.png", "ppl.png", "accuracy.png", "distribution.png"]
@@ -53,17 +54,24 @@ def test_exp_group_report_is_complete_and_matches_the_summaries(group, tmp_path)
     # a p50 the host set is marked so (tests share the cores, so any cell may be)
     p50 = {run: f"{lat[run]['p50']:.3f}" + (" **host-bound**" if c["host_bound"] else "") for run, c in cells.items()}
     base = lat["baseline"]
+    raw = {run: load_raw(group / "g" / f"{run}-infer")["cells"]["test_prefill[B1-S16]"]["samples_ms"]["latency"]
+           for run in cells}
+
+    def speedup(r):   # the interval is the stats module's, itself tested against scipy's bootstrap
+        ci = stats.ratio_interval(raw["baseline"], raw[r])
+        return (f"{base['p50'] / lat[r]['p50']:.3f}x [{ci[0]:.3f}, {ci[1]:.3f}]" +
+                (" no measurable difference" if ci[0] <= 1 <= ci[1] else ""))
     row = f"| test_prefill[B1-S16] | {p50['baseline']} | {base['p99']:.3f} | " + " | ".join(
-        f"{p50[r]} | {lat[r]['p99']:.3f} | {base['p50'] / lat[r]['p50']:.3f}x"
-        for r in ("asvd", "palu", "palu-latent")) + " |"
+        f"{p50[r]} | {lat[r]['p99']:.3f} | {speedup(r)}" for r in ("asvd", "palu", "palu-latent")) + " |"
     assert row in md
+    assert "[its 95% bootstrap interval over trials and samples]" in md
     # the palu-latent OOM cell is shown as missing with its reason, never dropped; the other candidates ran it
     b2 = md.split("| test_prefill[B2-S16] |")[1].split("\n")[0].rstrip(" |").split(" | ")
-    assert b2[8].startswith("skipped: OOM") and b2[10] == "missing" and b2[4].endswith("x") and b2[7].endswith("x")
-    ppl = {run: _summary(group, f"{run}-ppl")["test_ppl[S256]"]["ppl"] for run in ("baseline", "asvd", "palu")}
-    assert (f"| test_ppl[S256] | {ppl['baseline']:.4f} | {ppl['asvd']:.4f} | {ppl['asvd'] / ppl['baseline']:.4f} "
-            f"(same windows) | {ppl['palu']:.4f} | {ppl['palu'] / ppl['baseline']:.4f} (same windows) | not in these "
-            "runs | — |") in md
+    assert b2[8].startswith("skipped: OOM") and b2[10] == "missing" and "x [" in b2[4] and "x [" in b2[7]
+    ppl = {run: load_raw(group / "g" / f"{run}-ppl")["cells"]["test_ppl[S256]"] for run in ("baseline", "asvd", "palu")}
+    assert (f"| test_ppl[S256] | {ppl['baseline']['ppl']:.4f} | {ppl['asvd']['ppl']:.4f} | "
+            f"{ppl_ratio_cell(ppl['baseline'], ppl['asvd'])} | {ppl['palu']['ppl']:.4f} | "
+            f"{ppl_ratio_cell(ppl['baseline'], ppl['palu'])} | not in these runs | — |") in md
     for run in ("asvd", "palu"):   # one paired test per candidate
         acc = _summary(group, f"{run}-lmeval")["test_lmeval[piqa-0shot]"]
         assert f"| {acc['acc']:.4f} ± {acc['acc_stderr']:.4f} |" in md

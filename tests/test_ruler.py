@@ -7,7 +7,7 @@ import torch
 
 from gcompress_bench import fmt, models
 from gcompress_bench.config import resolve
-from gcompress_bench.results import paired, report
+from gcompress_bench.results import paired, report, stats
 from gcompress_bench.suites import lmeval
 
 from .conftest import run_cli
@@ -83,14 +83,15 @@ def test_paired_ruler_cell_means_scores_and_tests_fully_right_items():
     """The score's mean on each side; McNemar over items with every gold string found."""
     base, palu = _ruler_cell([1, 0.5, 0, 1, 1]), _ruler_cell([1, 1, 0, 0, 0.5])
     cell = paired.compare_cells({"c": base}, {"c": palu})["c"]
+    ci = stats.paired_diff_interval([1, 0.5, 0, 1, 1], [1, 1, 0, 0, 0.5])   # tested against scipy in test_stats
     assert cell == {"n_paired": 5, "same_docs": True, "score": {
-        "reference": 0.7, "candidate": 0.5, "diff": pytest.approx(-0.2), "only_reference_right": 2,
+        "reference": 0.7, "candidate": 0.5, "diff": pytest.approx(-0.2), "diff_ci": ci, "only_reference_right": 2,
         "only_candidate_right": 1, "mcnemar_p": 1.0}}
     summary = lambda c: {"paired": {"baseline_run": "b", "cells": {"c": c}}, "cells": {"c": {"suite": "lmeval"}},  # noqa: E731
                          "variant": "palu"}
     lines = report._paired_markdown(summary(cell))
-    assert lines[-1] == ("- c score: palu 0.5000 vs baseline 0.7000 (diff -0.2000 over 5 paired items; only baseline "
-                         "right 2, only palu right 1; exact McNemar p = 1.0000)")
+    assert lines[-1] == (f"- c score: palu 0.5000 vs baseline 0.7000 (diff -0.2000 [{ci[0]:+.4f}, {ci[1]:+.4f}] over 5 "
+                         "paired items; only baseline right 2, only palu right 1; exact McNemar p = 1.0000)")
     palu["data"]["docs_sha256"] = "other"
     cell = paired.compare_cells({"c": base}, {"c": palu})["c"]
     assert report._paired_markdown(summary(cell))[-1].endswith(

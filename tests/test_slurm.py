@@ -13,7 +13,7 @@ from itertools import product
 
 import pytest
 
-from .conftest import REPO, SHORT_CORPUS
+from .conftest import REPO, SHORT_CORPUS, ppl_ratio_cell
 
 pytestmark = pytest.mark.system
 LAUNCH = REPO / "slurm" / "launch_llm_night.sh"
@@ -91,7 +91,7 @@ def test_the_night_on_an_hf_cache_four_jobs_at_once(slurm, tmp_path, standin_hf_
         raw = json.loads((run / "raw.json").read_text())
         assert all(c["status"] == "ok" for c in raw["cells"].values())
         if "test_ppl[S256]" in raw["cells"]:
-            ppl[raw["variant"]] = raw["cells"]["test_ppl[S256]"]["ppl"]
+            ppl[raw["variant"]] = raw["cells"]["test_ppl[S256]"]
         assert raw["model_facts"]["revision"] and raw["model_facts"]["path"].startswith(str(standin_hf_home))
         if raw["variant"] == "palu":
             hits.append(raw["method_facts"]["calibration"]["cache_hit"])
@@ -104,8 +104,9 @@ def test_the_night_on_an_hf_cache_four_jobs_at_once(slurm, tmp_path, standin_hf_
     md = (tmp_path / "reports" / "night" / "report.md").read_text()
     assert f"| baseline-ppl | {ids[0]} | COMPLETED | 0:0 |" in md
     assert "FALLBACK" not in md and "baber/piqa (HF datasets cache" in md and "Rowan/hellaswag (HF datasets" in md
-    assert (f"| test_ppl[S256] | {ppl['baseline']:.4f} | {ppl['palu']:.4f} | {ppl['palu'] / ppl['baseline']:.4f} (same "
-            "windows) | Salesforce/wikitext wikitext-2-raw-v1 test (HF datasets cache") in md
+    assert (f"| test_ppl[S256] | {ppl['baseline']['ppl']:.4f} | {ppl['palu']['ppl']:.4f} | "
+            f"{ppl_ratio_cell(ppl['baseline'], ppl['palu'])} | Salesforce/wikitext wikitext-2-raw-v1 test (HF datasets "
+            "cache") in md
     print(f"night wall time: {wall:.0f} s")
 
 
@@ -168,7 +169,8 @@ def test_a_sharded_night_of_a_plugin_method_merges_its_shards_and_is_reported(sl
     assert f"| baseline-ppl | {ids[1]} | COMPLETED | 0:0 |" in md
     assert f"| mlpprune-ppl | {ids[3]} | COMPLETED | 0:0 |" in md
     assert "| cell | baseline | mlpprune keep=0.8 | ratio | dataset |" in md
-    assert f"| test_ppl[S256] | {base:.4f} | {cand:.4f} | {cand / base:.4f} (same windows) |" in md
+    assert (f"| test_ppl[S256] | {base:.4f} | {cand:.4f} | "
+            f"{ppl_ratio_cell(cells['baseline-ppl'], cells['mlpprune-ppl'])} |") in md
     assert "- MLP intermediate 1228 of 1536" in md.splitlines()
 
 

@@ -10,7 +10,7 @@ from gcompress_bench.suites.tables import HOST_BOUND, rows
 
 # per-item data a summary replaces with statistics (or leaves in raw.json): every other field of a
 # cell's record reaches summary.json as it is
-RAW_ONLY = ("samples_ms", "host_samples_ms", "items", "window_starts")
+RAW_ONLY = ("samples_ms", "host_samples_ms", "items", "window_starts", "window_nll", "window_tokens")
 NOISY = 0.2        # a launch rate or a cell's host time that moves more than this between measurements
 HOST_SHARE = 0.5   # host time drift is checked in cells whose host time is at least this share of the measured
 

@@ -31,3 +31,57 @@ def mcnemar_exact(base_correct, other_correct):
     n = b + c
     p = min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n) if n else 1.0
     return b, c, p
+
+
+def ratio_interval(ref_trials, cand_trials, level=0.95, resamples=2000, seed=0):
+    """The percentile bootstrap interval of p50(ref) / p50(cand), a speedup. Each replicate resamples a side as
+    its samples were taken: its trials with replacement, then the samples within each trial drawn, so drift
+    between trials widens the interval; with one trial a side it is the ordinary two-sample bootstrap (tested
+    against scipy's). Seeded, so a report is reproducible."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+
+    def medians(trials):
+        if len({len(t) for t in trials}) > 1:   # unequal trials: resampled as one
+            trials = [[x for t in trials for x in t]]
+        t = np.asarray(trials, dtype=float)
+        k, n = t.shape
+        out, step = [], max(1, 2_000_000 // (k * n))   # resamples per batch: bounded memory for long decodes
+        for start in range(0, resamples, step):
+            r = min(step, resamples - start)
+            picked = t[rng.integers(0, k, (r, k))]
+            drawn = np.take_along_axis(picked, rng.integers(0, n, (r, k, n)), 2)
+            out.append(np.median(drawn.reshape(r, k * n), axis=1))
+        return np.concatenate(out)
+    ratios = medians(ref_trials) / medians(cand_trials)
+    lo, hi = np.percentile(ratios, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def holds_one(interval):
+    """Whether a ratio's interval holds 1.0: no measurable difference."""
+    return interval[0] <= 1.0 <= interval[1]
+
+
+def ppl_ratio_interval(ref_nll, cand_nll, tokens, level=0.95, resamples=2000, seed=0):
+    """The percentile bootstrap interval of a perplexity ratio, candidate / reference, over windows paired on
+    the same text: each replicate draws windows with replacement, the same ones for both sides, and compares
+    exp(NLL per token) over them. `*_nll` are each window's summed NLL, `tokens` its scored tokens."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    ref, cand, tok = (np.asarray(v, dtype=float) for v in (ref_nll, cand_nll, tokens))
+    idx = rng.integers(0, len(tok), (resamples, len(tok)))
+    ratios = np.exp((cand[idx].sum(1) - ref[idx].sum(1)) / tok[idx].sum(1))
+    lo, hi = np.percentile(ratios, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def paired_diff_interval(ref, cand, level=0.95, resamples=2000, seed=0):
+    """The percentile bootstrap interval of mean(cand - ref) over paired items (accuracy in points, as a
+    fraction): each replicate draws items with replacement, the same ones for both sides."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    d = np.asarray(cand, dtype=float) - np.asarray(ref, dtype=float)
+    means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(1)
+    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)

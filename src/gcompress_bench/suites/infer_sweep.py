@@ -2,6 +2,7 @@
 infer.py, imported when a cell runs."""
 from gcompress_bench import UsageError
 from gcompress_bench.fmt import fmt_mib
+from gcompress_bench.results.stats import holds_one, ratio_interval
 from gcompress_bench.suites import Suite, register
 from gcompress_bench.suites.tables import (
     MEM_COLS,
@@ -33,7 +34,16 @@ def _ms(x):
 
 
 def _speedup(r, label):
-    return f"{r['speedup'][label]:.3f}x" if r["speedup"][label] else "missing"
+    """The speedup with its 95% interval, or "no measurable difference" where the interval holds 1.0."""
+    if not r["speedup"][label]:
+        return "missing"
+    (lo, hi) = r["speedup_ci"][label]
+    return (f"{r['speedup'][label]:.3f}x [{lo:.3f}, {hi:.3f}]" +
+            (" no measurable difference" if holds_one((lo, hi)) else ""))
+
+
+SPEEDUP = ("speedup = reference p50 / candidate p50, [its 95% bootstrap interval over trials and samples]; "
+           "\"no measurable difference\" where the interval holds 1.0")
 
 
 class Timing(Suite):
@@ -56,10 +66,10 @@ class Timing(Suite):
 
     def compare_rows(self, ref, cands, pairs):
         """Per cell: each side's headline distribution, rates, memory and energy; speedup = reference p50 /
-        candidate p50."""
+        candidate p50, with its bootstrap interval."""
         rows = []
         for cid in suite_ids([ref, *cands], self.marker):
-            row = {"cell": cid, "suite": self.marker, "values": {}, "speedup": {},
+            row = {"cell": cid, "suite": self.marker, "values": {}, "speedup": {}, "speedup_ci": {},
                    "params": next(s["cells"][cid]["params"] for s in (ref, *cands) if cid in s["cells"])}
             for side in (ref, *cands):
                 why, c = missing(side, cid), side["cells"].get(cid, {})
@@ -73,6 +83,9 @@ class Timing(Suite):
             for side in cands:
                 cand = row["values"][side["label"]].get("p50")
                 row["speedup"][side["label"]] = base / cand if base and cand else None
+                row["speedup_ci"][side["label"]] = ratio_interval(
+                    ref["raw"][cid]["samples_ms"][self.headline],
+                    side["raw"][cid]["samples_ms"][self.headline]) if base and cand else None
             rows.append(row)
         return rows
 
@@ -120,7 +133,7 @@ class Prefill(Timing):
     heatmap = ("batch", lambda p: p["seq_len"], ("prefill speedup (p50)", "batch B", "sequence length S"))
 
     def compare_markdown(self, rows, ref, labels):
-        return compare_table("prefill latency (ms; speedup = reference p50 / candidate p50)",
+        return compare_table(f"prefill latency (ms; {SPEEDUP})",
                     ["cell", f"{ref} p50", "p99"] + [h for label in labels for h in (f"{label} p50", "p99", "speedup")],
                     [[r["cell"], p50(r["values"][ref], _ms), value(r["values"][ref], "p99", _ms)] +
                      [x for label in labels for x in (p50(r["values"][label], _ms),
@@ -221,7 +234,7 @@ class Decode(Timing):
         def cols(v):
             return [p50(v, _ms), value(v, "p99", _ms), value(v, "tokens_per_s", "{:.1f}".format),
                     value(v, "ttft_ms", _ms), "—" if "missing" in v else gbps(v)]
-        return compare_table("decode (ms/token p50, p99, tokens/s, time to first token ms, GB/s)",
+        return compare_table(f"decode (ms/token p50, p99, tokens/s, time to first token ms, GB/s; {SPEEDUP})",
                     ["cell", f"{ref} p50", "p99", "tok/s", "TTFT", "GB/s"] +
                     [h for label in labels for h in (f"{label} p50", "p99", "tok/s", "TTFT", "GB/s", "speedup")],
                     [[r["cell"], *cols(r["values"][ref])] +

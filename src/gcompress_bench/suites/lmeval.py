@@ -24,7 +24,7 @@ from pathlib import Path
 
 from gcompress_bench import REPO_ROOT, UsageError
 from gcompress_bench.fmt import plus_minus
-from gcompress_bench.results.stats import mcnemar_exact
+from gcompress_bench.results.stats import mcnemar_exact, paired_diff_interval
 from gcompress_bench.suites import Suite, register
 from gcompress_bench.suites.tables import compare_table, dash_unless_ok, data_source, table
 
@@ -404,42 +404,55 @@ class Lmeval(Suite):
         return rec
 
     def pair(self, ref, rec):
-        """Per metric: the means over the items both answered, their difference, and McNemar over the items'
-        0/1 outcomes. RULER documents are generated: they are the same only if built alike."""
+        """Per metric: the means over the items both answered, their difference with its 95% interval (items
+        resampled in pairs), and McNemar over the items' 0/1 outcomes; a multiple-choice task's chance level.
+        RULER documents are generated: they are the same only if built alike."""
         mine = {i["doc_id"]: i for i in rec["items"]}
         pairs = [(i, mine[i["doc_id"]]) for i in ref["items"] if i["doc_id"] in mine]
         cell = {"n_paired": len(pairs)}
+        if pairs and "loglik" in pairs[0][0]:   # the expected accuracy of a uniform guess
+            cell["chance"] = sum(1 / len(x["loglik"]) for x, _ in pairs) / len(pairs)
         for metric, outcome in metrics(rec).outcome.items():
             a, b = [x[metric] for x, _ in pairs], [y[metric] for _, y in pairs]
             only_base, only_other, p = mcnemar_exact([x[outcome] for x, _ in pairs], [y[outcome] for _, y in pairs])
             cell[metric] = {"reference": sum(a) / len(a), "candidate": sum(b) / len(b),
-                            "diff": (sum(b) - sum(a)) / len(a), "only_reference_right": only_base,
-                            "only_candidate_right": only_other, "mcnemar_p": p}
+                            "diff": (sum(b) - sum(a)) / len(a), "diff_ci": paired_diff_interval(a, b),
+                            "only_reference_right": only_base, "only_candidate_right": only_other, "mcnemar_p": p}
         if metrics(rec) is RULER:
             cell["same_docs"] = ref["data"]["docs_sha256"] == rec["data"]["docs_sha256"]
         return cell
 
     def paired_lines(self, cid, p, name):
-        return [f"- {cid} {m}: {name} {q['candidate']:.4f} vs baseline {q['reference']:.4f} (diff {q['diff']:+.4f} "
-                f"over {p['n_paired']} paired items; only baseline right {q['only_reference_right']}, only {name} "
+        return [f"- {cid} {m}: {name} {q['candidate']:.4f} vs baseline {q['reference']:.4f} (diff {q['diff']:+.4f}" +
+                (" [{:+.4f}, {:+.4f}]".format(*q["diff_ci"]) if q.get("diff_ci") else "") +
+                f" over {p['n_paired']} paired items; only baseline right {q['only_reference_right']}, only {name} "
                 f"right {q['only_candidate_right']}; exact McNemar p = {q['mcnemar_p']:.4f}" +
                 ("" if p.get("same_docs", True) else "; **DIFFERENT documents: not comparable**") + ")"
                 for m, q in ((m, p[m]) for m in CHOICE.names + RULER.names if m in p)]
 
     def compare_markdown(self, rows, ref, labels):
+        def chance(r):
+            c = next((p["chance"] for p in r["paired"].values() if p and "chance" in p), None)
+            return f"{c:.3f}" if c is not None else "—"
+
         def acc(v, m):
             return v["missing"] if "missing" in v else plus_minus(v[m], v[m + "_stderr"])
 
         def diff(q):
-            return (f"{q['diff']:+.4f} (p {q['mcnemar_p']:.3f}; {q['only_reference_right']}/"
-                    f"{q['only_candidate_right']})") if q else "—"
-        return compare_table("accuracy (± stderr; diff to the reference, exact McNemar p over the same items; items only the "
-                    "reference / only the candidate got right; RULER score: share of gold strings found, an item right "
-                    "when all are)", ["cell", "metric", ref] + [h for label in labels for h in (label, "diff")] + ["data"],
+            if not q:
+                return "—"
+            lo, hi = q["diff_ci"]
+            return (f"{q['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]" + (" no measurable difference" if lo <= 0 <= hi else "")
+                    + f" (p {q['mcnemar_p']:.3f}; {q['only_reference_right']}/{q['only_candidate_right']})")
+        return compare_table("accuracy (± stderr; diff to the reference over the same items, [its 95% bootstrap "
+                    "interval, items paired], \"no measurable difference\" where it holds 0, exact McNemar p, items only "
+                    "the reference / only the candidate got right; RULER score: share of gold strings found, an item "
+                    "right when all are)", ["cell", "metric", ref] + [h for label in labels for h in (label, "diff")] +
+                    ["chance", "data"],
                     [[r["cell"], m, acc(r["values"][ref], m)] +
                      [x for label in labels for x in (acc(r["values"][label], m),
                                                       diff((r["paired"][label] or {}).get(m)))]
-                     + [str(next((v["source"] for v in r["values"].values() if "source" in v), "—"))]
+                     + [chance(r), str(next((v["source"] for v in r["values"].values() if "source" in v), "—"))]
                      for r in rows for m in row_metrics(r)])
 
     def compare_plots(self, rows, sides, out, model):

@@ -6,6 +6,7 @@ import time
 
 from gcompress_bench import UsageError
 from gcompress_bench.corpus import check_corpus, load_corpus
+from gcompress_bench.results.stats import holds_one, ppl_ratio_interval
 from gcompress_bench.suites import Suite, register
 from gcompress_bench.suites.tables import compare_table, dash_unless_ok, table, value
 
@@ -29,7 +30,7 @@ def windows(n_tokens, seq_len, stride=None):
 def perplexity(model, ids, seq_len, stride=None):
     """exp(mean NLL) of ids[1:] given their prefixes within each window."""
     import torch
-    nll, count = 0.0, 0
+    nll, count, per_window = 0.0, 0, []
     device = next(model.parameters()).device
     spans = windows(len(ids), seq_len, stride)
     with torch.inference_mode():
@@ -37,10 +38,12 @@ def perplexity(model, ids, seq_len, stride=None):
             chunk = ids[begin:end][None].to(device)
             logits = model(input_ids=chunk, use_cache=False).logits[0, :-1].float()
             losses = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none")
-            nll += losses[first - 1:].double().sum().item()
-            count += len(losses) - (first - 1)
+            per_window.append((losses[first - 1:].double().sum().item(), len(losses) - (first - 1)))
+            nll += per_window[-1][0]
+            count += per_window[-1][1]
     return {"ppl": math.exp(nll / count), "nll": nll / count, "tokens": count, "windows": len(spans),
-            "window_starts": [b for b, _, _ in spans]}
+            "window_starts": [b for b, _, _ in spans], "window_nll": [w for w, _ in per_window],
+            "window_tokens": [n for _, n in per_window]}
 
 
 def evaluate(lm, corpus, seq_len, stride):
@@ -51,6 +54,13 @@ def evaluate(lm, corpus, seq_len, stride):
     out = perplexity(lm.model, ids, seq_len, stride)
     return {**out, "dataset": source, "sha256": hashlib.sha256(text.encode()).hexdigest(),
             "seq_len": seq_len, "stride": stride, "seconds": time.perf_counter() - t0}
+
+
+def _ratio(p):
+    ci = p.get("ppl_ratio_ci")
+    return (f"{p['ppl_ratio']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else " [no interval]") +
+            (" no measurable difference" if ci and holds_one(ci) else "") +
+            f" ({'same' if p['same_windows'] else 'DIFFERENT'} windows)")
 
 
 class Ppl(Suite):
@@ -92,21 +102,25 @@ class Ppl(Suite):
         return f" ppl {rec['ppl']:.3f} over {rec['tokens']} tokens ({rec['dataset']})"
 
     def pair(self, ref, rec):
-        """The candidate's perplexity over the reference's: comparable only over the same text and windows."""
+        """The candidate's perplexity over the reference's, comparable only over the same text and windows, with
+        its 95% interval from the windows resampled in pairs (runs that predate per-window NLLs have none)."""
         same = ref["window_starts"] == rec["window_starts"] and ref["sha256"] == rec["sha256"]
+        ci = (ppl_ratio_interval(ref["window_nll"], rec["window_nll"], ref["window_tokens"])
+              if same and "window_nll" in ref and "window_nll" in rec else None)
         return {"ppl_reference": ref["ppl"], "ppl": rec["ppl"], "ppl_ratio": rec["ppl"] / ref["ppl"],
-                "same_windows": same}
+                "ppl_ratio_ci": ci, "same_windows": same}
 
     def paired_lines(self, cid, p, name):
-        return [f"- {cid}: perplexity {p['ppl']:.4f} vs {p['ppl_reference']:.4f}, ratio {p['ppl_ratio']:.4f} "
-                f"(same windows: {p['same_windows']})"]
+        return [f"- {cid}: perplexity {p['ppl']:.4f} vs {p['ppl_reference']:.4f}, ratio {_ratio(p)}"]
 
     def compare_markdown(self, rows, ref, labels):
         f4 = "{:.4f}".format
 
         def ratio(p):
-            return f"{p['ppl_ratio']:.4f} ({'same' if p['same_windows'] else 'DIFFERENT'} windows)" if p else "—"
-        return compare_table("perplexity (ratio = candidate / reference, over the reference's windows)",
+            return _ratio(p) if p else "—"
+        return compare_table("perplexity (ratio = candidate / reference over the reference's windows, [its 95% "
+                             "bootstrap interval over windows, paired]; \"no measurable difference\" where it "
+                             "holds 1.0)",
                     ["cell", ref] + [h for label in labels for h in (label, "ratio")] + ["dataset"],
                     [[r["cell"], value(r["values"][ref], "ppl", f4)] +
                      [x for label in labels for x in (value(r["values"][label], "ppl", f4), ratio(r["paired"][label]))]
