@@ -5,22 +5,25 @@
 #   bash slurm/launch_llm_night.sh [--dry-run] [--model M] [--profile P] [--partition P] [--account A]
 #     [--exp-group G] [--results-root DIR] [--reports-root DIR] [--no-gpu] [--shards N] [--tasks T] [--limit N]
 #     [--variants baseline,palu,asvd] [--suites infer_sweep,ppl,lmeval] [--job-args "CLI options"]
-#     [-- extra sbatch arguments]
+#     [--allow-fallback] [-- extra sbatch arguments]
 # --variants takes baseline and any registered method, plug-ins named in GCOMPRESS_METHODS included, and --suites
 # any registered job, plug-ins named in GCOMPRESS_SUITES included (the jobs inherit the environment). --job-args passes further llm_run/llm_eval options to every job, e.g.
 # "--align-policy round:32 --asvd-ratio 0.85 --trials 1". Before anything is submitted, each non-baseline variant's
-# jobs are checked offline with --check-only (baseline's when it is the only variant).
+# jobs are checked offline with --check-only (baseline's when it is the only variant). A night whose data would fall
+# back to a stand-in (an HF cache without WikiText-2 or a task's dataset) is not submitted, unless --allow-fallback:
+# then the jobs run on the stand-ins, each record labelled FALLBACK.
 set -uo pipefail
 usage() { echo "launch_llm_night: $*" >&2; exit 2; }
 need() { [ $# -ge 2 ] && [ -n "$2" ] && [[ $2 != --* ]] || usage "$1 needs a value; see the header of $0"; }
 repo=$(cd "$(dirname "$0")/.." && pwd)
-dry=0 gpu=1 shards="" group="night-$(date +%Y%m%d-%H%M%S)" root="$repo/results" reports="$repo/reports"
+dry=0 gpu=1 allow=0 shards="" group="night-$(date +%Y%m%d-%H%M%S)" root="$repo/results" reports="$repo/reports"
 variants="baseline,palu"
 suites="infer_sweep,ppl,lmeval" job_args=() cli_args=() sb=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry=1; shift ;;
     --no-gpu) gpu=0; shift ;;
+    --allow-fallback) allow=1; shift ;;
     --model|--profile|--tasks|--limit) need "$@"; job_args+=("$1" "$2"); shift 2 ;;
     --partition|--account) need "$@"; sb+=("$1" "$2"); shift 2 ;;
     --exp-group) need "$@"; group=$2; shift 2 ;;
@@ -34,6 +37,7 @@ while [ $# -gt 0 ]; do
     *) usage "unknown option '$1'; see the header of $0" ;;
   esac
 done
+[ $allow = 0 ] || cli_args+=(--allow-fallback)   # the checks and the jobs (a profile may refuse stand-ins) alike
 if [ -n "$shards" ] && ! [[ "$shards" =~ ^[1-9][0-9]*$ ]]; then
   usage "--shards: '$shards' is not allowed; allowed: a positive integer"
 fi
@@ -90,7 +94,9 @@ for v in "${checked[@]}"; do
         --exp-group "$group" "${job_args[@]}" "${cli_args[@]}" --check-only 2>&1)
   case $? in
     0) ;;
-    1) warnings+="launch_llm_night: WARNING: the $v jobs would fall back:"$'\n'"$(grep '^gcompress-bench check: .*FALLBACK' <<<"$out")"$'\n' ;;
+    1) fell=$(grep '^gcompress-bench check: .*FALLBACK' <<<"$out")
+       [ $allow = 1 ] || usage "the $v jobs would fall back to stand-in data ($(head -n 1 <<<"$fell" | sed 's/^gcompress-bench check: //')$( [ "$(wc -l <<<"$fell")" -gt 1 ] && echo " and $(( $(wc -l <<<"$fell") - 1 )) more")); fill the jobs' HF cache on a machine with network (tools/fill_hf_cache.py), or pass --allow-fallback"
+       warnings+="launch_llm_night: WARNING: the $v jobs would fall back:"$'\n'"$fell"$'\n' ;;
     *) usage "the $v jobs would stop at once: $(grep -m 1 '^gcompress-bench: ' <<<"$out" || tail -n 1 <<<"$out")" ;;
   esac
 done

@@ -249,6 +249,10 @@ def bad_cases(d):
          f"--palu-ranks: {d}/locked_ranks.json can't be read (Permission denied)"),
         ("llm_run", ["--suites-file", str(d / "locked_suites.yaml")],
          f"suite file {d}/locked_suites.yaml can't be read (Permission denied)"),
+        ("llm_eval", [*ppl, "--profile", "full", "--model", "smollm2-135m", "--dtype", "float32"],
+         "--profile full runs on real data only, and ppl corpus: data/tiny_corpus.txt (FALLBACK: WikiText-2 not in "
+         "the HF cache); fill the HF cache on a machine with network (HF_HOME=<this cache> python "
+         "tools/fill_hf_cache.py), or pass --allow-fallback to run on the stand-ins, each labelled FALLBACK"),
         ("llm_eval", ["--suite", "lmeval", "--tasks", "mini_piqa", "--fewshot", "0,100000"],
          "--fewshot: 100000 is not allowed for mini_piqa, whose few-shot pool holds 120 documents; allowed: 0 to 119"),
         ("llm_eval", ["--suite", "lmeval", "--tasks", "mine", "--tasks-path", str(d / "tasks_generate")],

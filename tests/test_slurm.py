@@ -23,7 +23,8 @@ PLUGIN = {"GCOMPRESS_METHODS": "tests.plugins.toy_method"}   # registers the met
 GRID = ("--prefill-batch=1,2 --prefill-seq-len=16 --decode-ctx=16 --decode-gen=4 --decode-batch=1 --warmup=1 "
         "--iters=3 --trials=1 --ppl-seq-len=256 --fewshot=0")
 CALIB = " --palu-calib-samples=2"   # the palu jobs' whitening: 2 windows are plumbing enough
-SMALL = ["--no-gpu", "--model", "smollm2-135m", "--profile", "quick", "--tasks", "piqa", "--limit", "4",
+SMALL = ["--no-gpu", "--allow-fallback", "--model", "smollm2-135m", "--profile", "quick", "--tasks", "piqa",
+         "--limit", "4",
          "--job-args", GRID + CALIB + f" --ppl-corpus={SHORT_CORPUS}"]
 HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 NIGHT = ["--no-gpu", "--model", HF_ID, "--profile", "quick", "--tasks", "piqa,hellaswag", "--limit", "4",
@@ -219,8 +220,9 @@ def test_launcher_bad_input(tmp_path):
     assert proc.returncode == 2 and proc.stderr == ("launch_llm_night: sbatch is not on PATH: run this on a Slurm login "
                                                     "node or use --dry-run (tests/local_slurm.sh starts a throwaway one "
                                                     "for the tests)\n")
-    proc = subprocess.run(["bash", str(LAUNCH), "--dry-run", "--exp-group", "g", "--no-gpu", "--results-root",
-                           str(tmp_path / "r"), "--reports-root", str(tmp_path / "rep")], capture_output=True, text=True)
+    proc = subprocess.run(["bash", str(LAUNCH), "--dry-run", "--exp-group", "g", "--no-gpu", "--allow-fallback",
+                           "--results-root", str(tmp_path / "r"), "--reports-root", str(tmp_path / "rep")],
+                          capture_output=True, text=True)
     assert proc.returncode == 0 and sum(line.startswith("sbatch ") for line in proc.stderr.splitlines()) == 7
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]   # a dry run creates no folder
     assert "--gres=none" in proc.stderr
@@ -228,12 +230,13 @@ def test_launcher_bad_input(tmp_path):
 
 
 def dry_night(tmp_path, *args, env_extra=None):
-    """A --dry-run night with an empty HF cache (so every checked variant's fallbacks are known): (proc, the sbatch
-    command lines as word lists)."""
+    """A --dry-run night with an empty HF cache (so every checked variant's fallbacks are known, and allowed):
+    (proc, the sbatch command lines as word lists)."""
     hf = tmp_path / "empty-hf"
     hf.mkdir()
     proc = subprocess.run(["bash", str(LAUNCH), "--dry-run", "--results-root", str(tmp_path / "r"), "--reports-root",
-                           str(tmp_path / "rep"), "--exp-group", "g", "--profile", "quick", *args], capture_output=True,
+                           str(tmp_path / "rep"), "--exp-group", "g", "--profile", "quick", "--allow-fallback", *args],
+                          capture_output=True,
                           text=True, cwd=tmp_path, timeout=300,
                           env={**os.environ, "GC_HF_HOME": str(hf), **(env_extra or {})})
     assert proc.returncode == 0, proc.stderr
@@ -261,7 +264,7 @@ def test_a_night_of_three_methods_is_nine_jobs_and_a_report(tmp_path):
         assert cmd[:2] == ["--job-name", f"{v}-{s}"] and "--gres=none" in cmd
         assert cmd[cmd.index("--export") + 1] == f"ALL,GC_REPO={REPO}"
         assert job_args(cmd) == ["--variant", v, "--suite", s, "--results-root", str(tmp_path / "r"), "--exp-group",
-                                 "g", "--run-id", f"{stamp}-{v}-{s}", "--profile", "quick", "--"]
+                                 "g", "--run-id", f"{stamp}-{v}-{s}", "--profile", "quick", "--", "--allow-fallback"]
     report = cmds[9]
     assert report[:2] == ["--job-name", "report-g"]
     assert report[report.index("--dependency") + 1] == "afterany:" + ":".join(["DRYRUN"] * 9)
@@ -275,6 +278,21 @@ def test_a_night_of_three_methods_is_nine_jobs_and_a_report(tmp_path):
                                            "launch_llm_night: WARNING: the asvd jobs would fall back:"]
     assert "gcompress-bench check: asvd calibration: data/calibration.txt (FALLBACK: WikiText-2 train not in the HF " \
            "cache)" in proc.stderr.splitlines()
+
+
+def test_a_night_whose_data_would_fall_back_is_not_submitted_without_allow_fallback(tmp_path):
+    hf = tmp_path / "empty-hf"
+    hf.mkdir()
+    proc = subprocess.run(["bash", str(LAUNCH), "--dry-run", "--results-root", str(tmp_path / "r"), "--reports-root",
+                           str(tmp_path / "rep"), "--profile", "quick", "--variants", "baseline,palu", "--suites",
+                           "ppl"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "GC_HF_HOME": str(hf)})
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", (
+        "launch_llm_night: the palu jobs would fall back to stand-in data (palu calibration: data/calibration.txt "
+        "(FALLBACK: WikiText-2 train not in the HF cache) and 1 more); fill the jobs' HF cache on a machine with "
+        "network (tools/fill_hf_cache.py), or pass --allow-fallback\n"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty-hf"] and list(hf.iterdir()) == []
 
 
 def test_a_baseline_only_night_checks_baseline(tmp_path):
@@ -294,7 +312,7 @@ def test_a_plugin_method_needs_no_edit_in_slurm(tmp_path):
     for cmd, (v, s) in zip(cmds[:6], product(("baseline", "mlpprune"), SUITES)):
         assert job_args(cmd) == ["--variant", v, "--suite", s, "--results-root", str(tmp_path / "r"), "--exp-group",
                                  "g", "--run-id", f"{stamp}-{v}-{s}", "--profile", "quick", "--",
-                                 "--mlpprune-keep", "0.8"]
+                                 "--mlpprune-keep", "0.8", "--allow-fallback"]
     assert job_args(cmds[6])[3:] == [f"{v}-{s}=DRYRUN" for v, s in product(("baseline", "mlpprune"), SUITES)]
     assert fallback_heads(proc.stderr) == ["launch_llm_night: WARNING: the mlpprune jobs would fall back:"]
 
@@ -312,7 +330,8 @@ def test_a_plugin_method_needs_no_edit_in_slurm(tmp_path):
      "the mlpprune jobs would stop at once: gcompress-bench: --mlpprune-keep: 1.5 is not allowed; it must be in "
      "(0, 1]"),
     # the second method of the night is checked too: palu passes, asvd's calibration text is too short
-    (["--variants", "baseline,palu,asvd", "--suites", "ppl", "--job-args", "--asvd-calib {short}"], {},
+    (["--variants", "baseline,palu,asvd", "--suites", "ppl", "--allow-fallback", "--job-args",
+      "--asvd-calib {short}"], {},
      "the asvd jobs would stop at once: gcompress-bench: --asvd-calib: {short} has 3 tokens, fewer than the "
      "8 x 512 = 4096 that --asvd-calib-samples and --asvd-calib-seq-len ask for; allowed: a longer text or fewer "
      "samples"),

@@ -44,6 +44,9 @@ OPTIONS = [
     ("--shard", "shard", "str", "i/N: run only slice i (0-based) of N of the selected cells, balanced by cost"),
     ("--check-only", "check_only", "flag", "check that every input (model, datasets, tasks, rank files) is found "
                                            "offline, name each, and stop: exit 0, or 1 if any would fall back"),
+    ("--allow-fallback", "allow_fallback", "flag", "run on the stand-in data where the real data is not cached (a "
+                                                   "profile with refuse_fallback refuses otherwise); every record "
+                                                   "says FALLBACK"),
 ]
 
 
