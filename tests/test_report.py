@@ -318,3 +318,20 @@ def test_a_warm_compile_cache_shows_as_hits_and_a_shorter_compile():
     assert runs["cold"]["compile"]["first_generations_s"] > 4 * runs["warm"]["compile"]["first_generations_s"]
     for cell, c in runs["cold"]["cells"].items():
         assert runs["warm"]["cells"][cell]["ms_per_token"] == pytest.approx(c["ms_per_token"], rel=2e-3)
+
+
+def test_speedup_heatmaps_centre_on_one_unclipped_hatch_what_holds_one_and_name_their_columns():
+    name = lambda k: f"ctx {k[0]} · gen {k[1]} · {k[2]}"  # noqa: E731
+    col = (16, 4, "eager")
+    fig = plots.speedup_heatmaps({"a": {(1, col): (2.0, (1.5, 2.5)), (2, col): (0.9, (0.8, 1.1))},
+                                  "b": {(1, col): None, (2, col): (0.3, (0.25, 0.4))}}, "t", "batch B",
+                                 "(ctx, gen, mode)", name)
+    a, b = fig.axes[:2]
+    assert [t.get_text() for t in a.get_xticklabels()] == ["ctx 16 · gen 4 · eager"]
+    norm = a.images[0].norm   # log scale, centred on 1.0, reaching the most extreme cell (0.3x), not clipped
+    assert (norm.vmin, norm.vmax) == (pytest.approx(0.3), pytest.approx(1 / 0.3)) and norm(1.0) == pytest.approx(0.5)
+    assert norm(2.0) - 0.5 == pytest.approx(0.5 - norm(0.5))
+    assert [p.get_hatch() for p in a.patches] == ["///"] and len(b.patches) == 0   # only 0.9x [0.8, 1.1] holds 1
+    assert [t.get_text() for t in a.texts] == ["2.00x\n[1.50, 2.50]", "0.90x\n[0.80, 1.10]"]
+    assert [t.get_text() for t in b.texts] == ["missing", "0.30x\n[0.25, 0.40]"]
+    assert fig.axes[2].get_yticklabels()[0].get_text().endswith("x")

@@ -91,26 +91,45 @@ def dims_latency(series, title):
     return fig
 
 
-def speedup_heatmaps(values, title, row_label, col_label):
-    """One heatmap per candidate: values = {label: {(row, col): reference p50 / candidate p50 or None}}."""
+def speedup_heatmaps(values, title, row_label, col_label, col_text):
+    """One heatmap per candidate: values = {label: {(row, col): (reference p50 / candidate p50, its 95% interval)
+    or None}}. The colour scale is logarithmic and centred on 1.0 (0.5x and 2x equally far from it), wide enough
+    for the most extreme cell; a cell whose interval holds 1.0 is hatched (no measurable difference); each cell's
+    text sits on a light box, readable on any colour; `col_text` names a column key."""
     import numpy as np
+    from matplotlib.colors import LogNorm
+    from matplotlib.patches import Rectangle
+    from matplotlib.ticker import FuncFormatter
     rows = sorted({r for v in values.values() for r, _ in v})
     cols = sorted({c for v in values.values() for _, c in v})
-    fig, axes = plt.subplots(1, len(values), figsize=(len(values) * (1.2 * len(cols) + 2.5), 0.8 * len(rows) + 2.2),
-                             squeeze=False)
+    found = [x[0] for v in values.values() for x in v.values() if x]
+    reach = max([max(x, 1 / x) for x in found] + [1.1])
+    norm, cmap = LogNorm(1 / reach, reach), matplotlib.colormaps["RdYlGn"].with_extremes(bad="lightgrey")
+    fig, axes = plt.subplots(1, len(values), figsize=(len(values) * (1.3 * len(cols) + 2.5), 0.8 * len(rows) + 2.6),
+                             squeeze=False, layout="constrained")
+    box = {"boxstyle": "round,pad=0.2", "facecolor": (1, 1, 1, 0.75), "edgecolor": "none"}   # readable on any colour
     for ax, (label, vals) in zip(axes[0], values.items()):
-        grid = np.array([[vals.get((r, c)) if vals.get((r, c)) is not None else np.nan for c in cols] for r in rows],
-                        dtype=float)
-        im = ax.imshow(grid, cmap="RdYlGn", vmin=0.5, vmax=1.5)
-        ax.set_xticks(range(len(cols)), [str(c) for c in cols], rotation=30, ha="right", fontsize=8)
+        grid = np.array([[vals[(r, c)][0] if vals.get((r, c)) else np.nan for c in cols] for r in rows], dtype=float)
+        im = ax.imshow(grid, cmap=cmap, norm=norm)
+        ax.set_xticks(range(len(cols)), [col_text(c) for c in cols], rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(rows)), [str(r) for r in rows])
-        for i in range(len(rows)):
-            for j in range(len(cols)):
-                ax.text(j, i, "missing" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}x", ha="center", va="center",
-                        fontsize=8)
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                cell = vals.get((r, c))
+                if not cell:
+                    ax.text(j, i, "missing", ha="center", va="center", fontsize=8)
+                    continue
+                (speedup, (lo, hi)) = cell
+                ax.text(j, i, f"{speedup:.2f}x\n[{lo:.2f}, {hi:.2f}]", ha="center", va="center", fontsize=7, bbox=box)
+                if lo <= 1 <= hi:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.35",
+                                           linewidth=0))
         ax.set(xlabel=col_label, ylabel=row_label, title=label)
-    fig.colorbar(im, ax=list(axes[0]), label="speedup (reference p50 / candidate p50)")
-    fig.suptitle(title)
+    bar = fig.colorbar(im, ax=list(axes[0]), label="speedup (reference p50 / candidate p50, log scale)")
+    bar.set_ticks([t for t in (0.25, 0.33, 0.5, 0.67, 0.8, 1, 1.25, 1.5, 2, 3, 4) if 1 / reach <= t <= reach])
+    bar.ax.minorticks_off()
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    fig.suptitle(f"{title}\nhatched: the 95% interval holds 1.0, no measurable difference", fontsize=10)
     return fig
 
 

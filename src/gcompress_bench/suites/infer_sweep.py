@@ -94,11 +94,13 @@ class Timing(Suite):
         from gcompress_bench.results import plots
         series = {s["label"]: s["cells"] for s in sides}
         labels = [s["label"] for s in sides[1:]]
-        row_key, col_key, (title, x, y) = self.heatmap
+        row_key, col_key, col_text, (title, x, y) = self.heatmap
         return [plots.save(getattr(plots, self.latency_figure)(series, model), out / self.latency_png),
                 plots.save(plots.speedup_heatmaps(
-                    {label: {(r["params"][row_key], col_key(r["params"])): r["speedup"][label] for r in rows}
-                     for label in labels}, title, x, y), out / f"{self.marker}_speedup.png")]
+                    {label: {(r["params"][row_key], col_key(r["params"])):
+                             (r["speedup"][label], r["speedup_ci"][label]) if r["speedup"][label] else None
+                             for r in rows} for label in labels}, title, x, y, col_text),
+                    out / f"{self.marker}_speedup.png")]
 
 
 class Prefill(Timing):
@@ -130,7 +132,8 @@ class Prefill(Timing):
         return {"roofline": roofline.prefill_rate(summary, ceilings)}
 
     latency_figure, latency_png = "prefill_latency", "prefill_latency.png"
-    heatmap = ("batch", lambda p: p["seq_len"], ("prefill speedup (p50)", "batch B", "sequence length S"))
+    heatmap = ("batch", lambda p: p["seq_len"], lambda s: f"S {s}", ("prefill speedup (p50)", "batch B",
+                                                                      "sequence length S"))
 
     def compare_markdown(self, rows, ref, labels):
         return compare_table(f"prefill latency (ms; {SPEEDUP})",
@@ -225,6 +228,7 @@ class Decode(Timing):
 
     latency_figure, latency_png = "decode_latency", "decode_ms_per_token.png"
     heatmap = ("batch", lambda p: (p["ctx"], p["gen"], p.get("mode", "eager")),
+               lambda k: f"ctx {k[0]} · gen {k[1]} · {k[2]}",
                ("decode speedup (ms/token p50)", "batch B", "(ctx, gen, mode)"))
 
     def compare_markdown(self, rows, ref, labels):
