@@ -335,3 +335,17 @@ def test_speedup_heatmaps_centre_on_one_unclipped_hatch_what_holds_one_and_name_
     assert [t.get_text() for t in a.texts] == ["2.00x\n[1.50, 2.50]", "0.90x\n[0.80, 1.10]"]
     assert [t.get_text() for t in b.texts] == ["missing", "0.30x\n[0.25, 0.40]"]
     assert fig.axes[2].get_yticklabels()[0].get_text().endswith("x")
+
+
+def test_accuracy_figure_draws_paired_differences_against_zero_and_names_every_candidate():
+    fig = plots.paired_differences([("acc", ["[piqa-0shot]", "[hs-0shot]"],
+                                     {"palu": [(-0.1, (-0.3, 0.05)), None], "asvd": [None, (0.02, (0.01, 0.04))]})],
+                                    "difference (points)")
+    ax = fig.axes[0]
+    assert [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_marker() == "o"] == [pytest.approx(-10),
+                                                                                      pytest.approx(2)]
+    bars = [c for c in ax.collections if c.get_segments()]   # the intervals, in points
+    assert [tuple(b.get_segments()[0][:, 1]) for b in bars] == [pytest.approx((-30, 5)), pytest.approx((1, 4))]
+    assert [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_marker() in ("None", "")][0] == 0   # the zero line
+    assert [t.get_text() for t in ax.texts] == ["missing", "missing"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["palu", "asvd"]

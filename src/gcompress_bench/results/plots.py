@@ -158,6 +158,35 @@ def grouped_bars(labels, bars, title, ylabel, errors=None):
     return fig
 
 
+def paired_differences(specs, ylabel):
+    """One panel per metric, specs = [(title, cells, {candidate: [(difference, its interval) or None per cell]})]:
+    each candidate's paired difference to the reference with its interval, a line at zero (no difference), and
+    one legend for the figure naming every candidate; a cell a candidate lacks is named, never drawn as zero."""
+    from matplotlib.lines import Line2D
+    fig, axes = plt.subplots(1, len(specs), figsize=(min(18, 6 * len(specs)), 4.8), squeeze=False,
+                             layout="constrained")
+    for ax, (title, cells, diffs) in zip(axes[0], specs):
+        ax.axhline(0, color="0.3", linewidth=1)
+        step = 0.6 / max(len(diffs), 1)
+        for k, (name, vals) in enumerate(diffs.items()):
+            for i, v in enumerate(vals):
+                x = i - 0.3 + step * (k + 0.5)
+                if v is None:   # at the panel's foot, whatever its scale
+                    ax.text(x, 0.02, "missing", rotation=90, ha="center", va="bottom", fontsize=7, color=f"C{k}",
+                            transform=ax.get_xaxis_transform())
+                    continue
+                d, (lo, hi) = v
+                ax.errorbar(x, 100 * d, yerr=[[100 * (d - lo)], [100 * (hi - d)]], fmt="o", color=f"C{k}", capsize=4)
+        ax.set_xticks(range(len(cells)), cells, rotation=30, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(cells) - 0.4)
+        ax.set(title=title, ylabel=ylabel)
+        ax.grid(axis="y", alpha=0.3)
+    names = list(specs[0][2]) if specs else []   # every candidate, drawn or not
+    fig.legend([Line2D([], [], marker="o", color=f"C{k}") for k in range(len(names))], names,
+               loc="outside lower center", ncol=min(4, max(len(names), 1)), fontsize=8)
+    return fig
+
+
 def panels(specs):
     """Side-by-side bar panels: specs = [(labels, bars, title, ylabel, errors or None), ...]."""
     fig, axes = plt.subplots(1, len(specs), figsize=(min(18, 6 * len(specs)), 4.8), squeeze=False)

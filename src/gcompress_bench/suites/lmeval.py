@@ -456,15 +456,16 @@ class Lmeval(Suite):
                      for r in rows for m in row_metrics(r)])
 
     def compare_plots(self, rows, sides, out, model):
-        """One panel per metric: each side's value ± stderr per cell."""
+        """One panel per metric: each candidate's paired difference to the reference, per cell, with its 95%
+        interval, against a line at zero."""
         from gcompress_bench.results import plots
-        names = [s["label"] for s in sides]
+        labels = [s["label"] for s in sides[1:]]
         by_metric = {m: [r for r in rows if m in row_metrics(r)] for m in CHOICE.names + RULER.names}
-        return [plots.save(plots.panels([
-            ([r["cell"].removeprefix("test_lmeval") for r in found], {n: [r["values"][n].get(m) for r in found]
-                                                                      for n in names}, f"{m} ± stderr", m,
-             {n: [r["values"][n].get(f"{m}_stderr") for r in found] for n in names})
-            for m, found in by_metric.items() if found]), out / "accuracy.png")]
+        return [plots.save(plots.paired_differences([
+            (f"{m}: candidate − {sides[0]['label']} (95% interval)", [r["cell"].removeprefix("test_lmeval") for r in found],
+             {label: [(q["diff"], q["diff_ci"]) if (q := (r["paired"][label] or {}).get(m)) else None for r in found]
+              for label in labels})
+            for m, found in by_metric.items() if found], "difference (points)"), out / "accuracy.png")]
 
     def progress(self, rec):
         m = metrics(rec).names[0]   # acc, or a RULER task's score
