@@ -462,7 +462,8 @@ class Lmeval(Suite):
         labels = [s["label"] for s in sides[1:]]
         by_metric = {m: [r for r in rows if m in row_metrics(r)] for m in CHOICE.names + RULER.names}
         return [plots.save(plots.paired_differences([
-            (f"{m}: candidate − {sides[0]['label']} (95% interval)", [r["cell"].removeprefix("test_lmeval") for r in found],
+            (f"{m}: candidate − {sides[0]['label']} (95% interval)",
+             [r["cell"].removeprefix("test_lmeval") for r in found],
              {label: [(q["diff"], q["diff_ci"]) if (q := (r["paired"][label] or {}).get(m)) else None for r in found]
               for label in labels})
             for m, found in by_metric.items() if found], "difference (points)"), out / "accuracy.png")]
