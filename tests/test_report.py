@@ -349,3 +349,10 @@ def test_accuracy_figure_draws_paired_differences_against_zero_and_names_every_c
     assert [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_marker() in ("None", "")][0] == 0   # the zero line
     assert [t.get_text() for t in ax.texts] == ["missing", "missing"]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["palu", "asvd"]
+
+
+def test_a_memory_panel_without_data_is_left_out_and_named():
+    fig = plots.panels([(["B1"], {"base": [None], "palu": [None]}, "prefill: peak allocated", "MiB", None),
+                        (["B1"], {"base": [0.8], "palu": [0.5]}, "decode: KV cache", "MiB", None)])
+    assert [ax.get_title() for ax in fig.axes] == ["decode: KV cache"]
+    assert fig.get_suptitle() == "no data in these runs: prefill: peak allocated"

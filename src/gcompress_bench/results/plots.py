@@ -188,11 +188,16 @@ def paired_differences(specs, ylabel):
 
 
 def panels(specs):
-    """Side-by-side bar panels: specs = [(labels, bars, title, ylabel, errors or None), ...]."""
-    fig, axes = plt.subplots(1, len(specs), figsize=(min(18, 6 * len(specs)), 4.8), squeeze=False)
-    for ax, spec in zip(axes[0], specs):
+    """Side-by-side bar panels: specs = [(labels, bars, title, ylabel, errors or None), ...]. A panel without data
+    (peak memory on CPU) is left out and named in the figure's title, not drawn empty."""
+    empty = [s[2] for s in specs if not s[0] or all(v is None for vals in s[1].values() for v in vals)]
+    drawn = [s for s in specs if s[2] not in empty] or specs[:1]
+    fig, axes = plt.subplots(1, len(drawn), figsize=(min(18, 6 * len(drawn)), 4.8), squeeze=False,
+                             layout="constrained")
+    for ax, spec in zip(axes[0], drawn):
         _bars(ax, *spec)
-    fig.tight_layout()
+    if empty and len(drawn) < len(specs):
+        fig.suptitle(f"no data in these runs: {', '.join(empty)}", fontsize=9)
     return fig
 
 
