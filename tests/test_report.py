@@ -16,8 +16,9 @@ from gcompress_bench.suites import tables
 
 from .conftest import REPO, ppl_ratio_cell
 
-PNGS = ["prefill_latency.png", "prefill_speedup.png", "decode_ms_per_token.png", "decode_speedup.png",
-        "memory.png", "ppl.png", "accuracy.png", "distribution.png"]
+PNGS = ["prefill_latency.png", "prefill_speedup.png", "prefill_speedup_by_length.png", "decode_ms_per_token.png",
+        "decode_speedup.png", "decode_speedup_by_length.png", "memory.png", "ppl.png", "accuracy.png",
+        "distribution.png"]
 LABELS = {"palu": "palu group_size=3", "palu-latent": "palu group_size=3 cache=latent", "asvd": "asvd ratio=0.95"}
 
 
@@ -356,3 +357,17 @@ def test_a_memory_panel_without_data_is_left_out_and_named():
                         (["B1"], {"base": [0.8], "palu": [0.5]}, "decode: KV cache", "MiB", None)])
     assert [ax.get_title() for ax in fig.axes] == ["decode: KV cache"]
     assert fig.get_suptitle() == "no data in these runs: prefill: peak allocated"
+
+
+def test_speedup_lines_draw_each_interval_against_a_line_at_one_with_every_candidate_named():
+    rows = [{"params": {"batch": 1, "seq_len": n}, "speedup": {"palu": sp, "asvd": None},
+             "speedup_ci": {"palu": ci, "asvd": None}} for n, sp, ci in ((16, 0.8, (0.7, 0.9)), (32, 1.2, (0.9, 1.6)))]
+    fig = plots.speedup_lines(rows, ["palu", "asvd"], "seq_len", "t", "S")
+    ax = fig.axes[0]
+    (drawn,) = ax.containers
+    assert list(drawn.lines[0].get_ydata()) == [0.8, 1.2]
+    assert [tuple(seg[:, 1]) for seg in drawn.lines[2][0].get_segments()] == [(0.7, 0.9), (0.9, 1.6)]
+    assert ax.get_yscale() == ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["16", "32"]
+    assert any(list(ln.get_ydata()) == [1.0, 1.0] for ln in ax.get_lines())   # the line at 1.0
+    assert all(t.get_text().endswith("x") for t in ax.get_yticklabels())
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["palu", "asvd"]   # asvd named, though not drawn

@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1)))
 MAX_SERIES = 6   # per panel: more lines than this are not readable, so they go to another row of panels
+RATIO_TICKS = (0.1, 0.25, 0.33, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 4, 10)   # marks on a log ratio axis
 
 
 def _ok(cells, suite):
@@ -32,7 +33,7 @@ def _line_per_batch(series, suite, x_key, metric, title, xlabel, ylabel, split=(
     groups = sorted({_group(c, split) for cells in series.values() for c in _ok(cells, suite)})
     rows = _chunks(names)
     fig, axes = plt.subplots(len(rows), max(len(groups), 1), figsize=(4.2 * max(len(groups), 1) + 2, 3.6 * len(rows)),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for row, chunk in zip(axes, rows):
         for ax, group in zip(row, groups):
             xs_all = set()
@@ -43,10 +44,11 @@ def _line_per_batch(series, suite, x_key, metric, title, xlabel, ylabel, split=(
                 if not pts:
                     continue
                 xs_all.update(x for x, _ in pts)
-                dodge = 1 + 0.03 * (k - (len(chunk) - 1) / 2)   # side by side, so the p90 bars do not hide each other
+                dodge = 1 + 0.03 * (k - (len(chunk) - 1) / 2)   # side by side, so the whiskers do not hide each other
                 ax.errorbar([x * dodge for x, _ in pts], [s["p50"] for _, s in pts],
-                            yerr=[[0] * len(pts), [s["p90"] - s["p50"] for _, s in pts]], color=f"C{i}",
-                            linestyle=STYLES[i % len(STYLES)], marker="o", capsize=3, label=name)
+                            yerr=[[s["p50"] - s.get("p10", s["p50"]) for _, s in pts],   # p10: none before it was kept
+                                  [s["p90"] - s["p50"] for _, s in pts]],
+                            color=f"C{i}", linestyle=STYLES[i % len(STYLES)], marker="o", capsize=3, label=name)
             ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel,
                    title=f"B={group[0]}" + "".join(f", {k_}={v}" for k_, v in zip(split, group[1:])))
             ax.set_xticks(sorted(xs_all), [str(x) for x in sorted(xs_all)])
@@ -54,20 +56,61 @@ def _line_per_batch(series, suite, x_key, metric, title, xlabel, ylabel, split=(
                 ax.set_xlim(min(xs_all) / 1.4, max(xs_all) * 1.4)
             ax.minorticks_off()
             ax.grid(alpha=0.3)
-        row[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _legend(fig, names)
     fig.suptitle(title)
-    fig.tight_layout()
+    return fig
+
+
+def speedup_lines(rows, labels, x_key, title, xlabel, split=()):
+    """Each candidate's speedup against the grid's length (log axes), one panel per (B, *split), its 95%
+    interval as whiskers and a line at 1.0: rows are a comparison's (r["params"], r["speedup"], r["speedup_ci"])."""
+    from matplotlib.ticker import FuncFormatter
+    groups = sorted({_group({"params": r["params"]}, split) for r in rows})
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(4.2 * max(len(groups), 1) + 2, 3.6), squeeze=False,
+                             layout="constrained")
+    for ax, group in zip(axes[0], groups):
+        mine = [r for r in rows if _group({"params": r["params"]}, split) == group]
+        xs = sorted({r["params"][x_key] for r in mine})
+        ax.axhline(1.0, color="0.3", linewidth=1)
+        for k, label in enumerate(labels):
+            pts = sorted((r["params"][x_key], r["speedup"][label], r["speedup_ci"][label]) for r in mine
+                         if r["speedup"][label])
+            if pts:
+                dodge = 1 + 0.03 * (k - (len(labels) - 1) / 2)
+                ax.errorbar([x * dodge for x, _, _ in pts], [s for _, s, _ in pts],
+                            yerr=[[s - ci[0] for _, s, ci in pts], [ci[1] - s for _, s, ci in pts]], color=f"C{k + 1}",
+                            linestyle=STYLES[(k + 1) % len(STYLES)], marker="o", capsize=3)
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="speedup (reference p50 / candidate p50)",
+               title=f"B={group[0]}" + "".join(f", {k_}={v}" for k_, v in zip(split, group[1:])))
+        low, high = ax.get_ylim()
+        ax.set_yticks([t for t in RATIO_TICKS if low <= t <= high] or [1.0])
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlim(min(xs) / 1.4, max(xs) * 1.4)
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+    _legend(fig, labels, first=1)   # colours as in the latency figure, where the reference is the first
+    fig.suptitle(f"{title}\nwhiskers: the 95% interval; above 1.0 the candidate is faster", fontsize=10)
     return fig
 
 
 def prefill_latency(series, model):
-    return _line_per_batch(series, "prefill", "seq_len", "latency", f"prefill latency, {model} (p50, bar to p90)",
+    return _line_per_batch(series, "prefill", "seq_len", "latency", f"prefill latency, {model} (p50, whiskers p10-p90)",
                            "sequence length S (tokens)", "latency (ms)")
 
 
 def decode_latency(series, model):
-    return _line_per_batch(series, "decode", "ctx", "step", f"decode step, {model} (p50, bar to p90)",
+    return _line_per_batch(series, "decode", "ctx", "step", f"decode step, {model} (p50, whiskers p10-p90)",
                            "context length (tokens)", "ms per token", split=("gen", "mode"))
+
+
+def _legend(fig, names, first=0):
+    """One legend for the figure naming every series, drawn in a panel or not; series k has colour and dash
+    first + k in every figure."""
+    from matplotlib.lines import Line2D
+    fig.legend([Line2D([], [], color=f"C{first + k}", linestyle=STYLES[(first + k) % len(STYLES)], marker="o")
+                for k in range(len(names))], names, loc="outside lower center", ncol=min(4, max(len(names), 1)),
+               fontsize=7)
 
 
 def dims_latency(series, title):
@@ -126,7 +169,7 @@ def speedup_heatmaps(values, title, row_label, col_label, col_text):
                                            linewidth=0))
         ax.set(xlabel=col_label, ylabel=row_label, title=label)
     bar = fig.colorbar(im, ax=list(axes[0]), label="speedup (reference p50 / candidate p50, log scale)")
-    bar.set_ticks([t for t in (0.25, 0.33, 0.5, 0.67, 0.8, 1, 1.25, 1.5, 2, 3, 4) if 1 / reach <= t <= reach])
+    bar.set_ticks([t for t in RATIO_TICKS if 1 / reach <= t <= reach])
     bar.ax.minorticks_off()
     bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     fig.suptitle(f"{title}\nhatched: the 95% interval holds 1.0, no measurable difference", fontsize=10)

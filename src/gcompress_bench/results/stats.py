@@ -18,7 +18,7 @@ def describe(trials):
     std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
     return {
         "n": n, "mean": mean, "std": std,
-        "p50": percentile(xs, 50), "p90": percentile(xs, 90), "p99": percentile(xs, 99),
+        "p10": percentile(xs, 10), "p50": percentile(xs, 50), "p90": percentile(xs, 90), "p99": percentile(xs, 99),
         "min": xs[0], "max": xs[-1], "cv": std / mean if mean else 0.0,
         "trial_medians": [percentile(sorted(t), 50) for t in trials],
     }

@@ -95,7 +95,10 @@ class Timing(Suite):
         series = {s["label"]: s["cells"] for s in sides}
         labels = [s["label"] for s in sides[1:]]
         row_key, col_key, col_text, (title, x, y) = self.heatmap
+        length, split, length_label = self.lengths
         return [plots.save(getattr(plots, self.latency_figure)(series, model), out / self.latency_png),
+                plots.save(plots.speedup_lines(rows, labels, length, f"{self.marker} speedup, {model}",
+                                               length_label, split), out / f"{self.marker}_speedup_by_length.png"),
                 plots.save(plots.speedup_heatmaps(
                     {label: {(r["params"][row_key], col_key(r["params"])):
                              (r["speedup"][label], r["speedup_ci"][label]) if r["speedup"][label] else None
@@ -132,6 +135,7 @@ class Prefill(Timing):
         return {"roofline": roofline.prefill_rate(summary, ceilings)}
 
     latency_figure, latency_png = "prefill_latency", "prefill_latency.png"
+    lengths = ("seq_len", (), "sequence length S (tokens)")   # a speedup's x axis, and what splits its panels
     heatmap = ("batch", lambda p: p["seq_len"], lambda s: f"S {s}", ("prefill speedup (p50)", "batch B",
                                                                       "sequence length S"))
 
@@ -227,6 +231,7 @@ class Decode(Timing):
                 "roofline_breakdown": roofline.decode_breakdown(summary, ceilings)}
 
     latency_figure, latency_png = "decode_latency", "decode_ms_per_token.png"
+    lengths = ("ctx", ("gen", "mode"), "context length (tokens)")
     heatmap = ("batch", lambda p: (p["ctx"], p["gen"], p.get("mode", "eager")),
                lambda k: f"ctx {k[0]} · gen {k[1]} · {k[2]}",
                ("decode speedup (ms/token p50)", "batch B", "(ctx, gen, mode)"))
