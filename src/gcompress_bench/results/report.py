@@ -164,7 +164,10 @@ def _markdown(s):
     if s["weights"] == "synthetic weights":
         lines.append("- **synthetic weights**: timing only; no quality number comes from this run")
     ceil = s.get("ceilings") or {}
-    if ceil:
+    if ceil and s.get("timer") != "cuda_event":
+        lines.append("- on CPU the roofline (TFLOP/s, GB/s), the decode floors and the device busy share are not "
+                     "shown: the host itself runs the operators, so they would mean nothing here")
+    elif ceil:
         lines.append(f"- ceilings measured on this device at session start: copy {ceil['copy_GBps']} GB/s, "
                      f"matmul {ceil['gemm_TFLOPs']} TFLOP/s ({ceil['method']})")
     mf = s.get("model_facts") or {}
@@ -179,7 +182,7 @@ def _markdown(s):
                         f"{k['graph_cache']['misses']} misses" if k.get("graph_cache") else ""))
     if s.get("harness"):
         lines.append(harness_line(s["harness"]))
-    lines += host_lines(s.get("host"))
+    lines += host_lines(s.get("host"), s.get("timer") == "cuda_event")
     lines += energy_lines(s.get("energy"), s["cells"])
     for suite in SUITES.values():
         lines += suite.markdown(s, rows(s, suite.marker))
@@ -216,14 +219,15 @@ def harness_line(h):
                                                                            if k != "measured"))
 
 
-def host_lines(host):
+def host_lines(host, gpu):
     if not host:
         return []
     a, b = host["launches_per_s_start"], host["launches_per_s_end"]
     rate = (f"{a:.0f}/s at session start, " + (f"{b:.0f}/s at the end ({100 * host['change']:+.0f}%)" if b else
                                                "not measured at the end")) if a else "not measured"
-    lines = [f"- host: launch rate (one-element kernels) {rate}; host-bound cells (device busy < "
-             f"{100 * HOST_BOUND:.0f}%): {', '.join(host['host_bound_cells']) or 'none'}"]
+    bound = (f"host-bound cells (device busy < {100 * HOST_BOUND:.0f}%): {', '.join(host['host_bound_cells']) or 'none'}"
+             if gpu else "host-bound cells: not judged on CPU")
+    lines = [f"- host: launch rate (one-element kernels) {rate}; {bound}"]
     return lines + [f"- **WARNING**: {w}" for w in host["warnings"]]
 
 

@@ -74,7 +74,9 @@ BUSY_ITERS = 3   # profiled iterations (decode: steps) that give a cell's device
 
 def _device_time(fn, ops_profile, device, most=None):
     """After the measured iterations: the ops profile (when asked for) and the device's own time per
-    iteration, from it or from a short profile of BUSY_ITERS iterations; at most `most` iterations."""
+    iteration, from it or, on CUDA, from a short profile of BUSY_ITERS iterations; at most `most` iterations."""
+    if not ops_profile and device.type != "cuda":   # a busy share means nothing where the host runs the operators
+        return {}
     t0, n = time.perf_counter(), ops_profile or BUSY_ITERS
     prof = ops.profile(fn, min(n, most) if most else n, device)
     busy = {"iters": prof["iters"], "device_ms_per_iter": prof["profiler_ms_per_iter"], "unit": prof["unit"],

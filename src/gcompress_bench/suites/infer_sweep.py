@@ -33,6 +33,11 @@ def _ms(x):
     return f"{x:.3f}"
 
 
+def on_gpu(s):
+    """Whether a run's device timed itself (CUDA): only then do rooflines, floors and busy shares mean something."""
+    return s.get("timer") == "cuda_event"
+
+
 def _speedup(r, label):
     """The speedup with its 95% interval, or "no measurable difference" where the interval holds 1.0."""
     if not r["speedup"][label]:
@@ -148,10 +153,12 @@ class Prefill(Timing):
                      for r in rows])
 
     def markdown(self, s, rows):
-        extra = [_tokens, lambda c: roof(c, "TFLOPs", "pct_of_gemm"), busy, lambda c: joules(c, "joules_per_forward"),
-                 lambda c: joules(c, "mean_power_w")]
-        return table("prefill (ms)", STAT_COLS + ["tokens/s", "TFLOP/s (% of matmul)", "device busy", "J/forward",
-                                                 "mean W"] + MEM_COLS, rows, lambda c: latency_cols(c, "latency", extra))
+        gpu = [(lambda c: roof(c, "TFLOPs", "pct_of_gemm"), "TFLOP/s (% of matmul)"), (busy, "device busy")]
+        extra = [(_tokens, "tokens/s"), *(gpu if on_gpu(s) else []), (lambda c: joules(c, "joules_per_forward"),
+                                                                   "J/forward"), (lambda c: joules(c, "mean_power_w"),
+                                                                                  "mean W")]
+        return table("prefill (ms)", STAT_COLS + [h for _, h in extra] + MEM_COLS, rows,
+                     lambda c: latency_cols(c, "latency", [f for f, _ in extra]))
 
 
 def check_inductor(settings):
@@ -250,13 +257,15 @@ class Decode(Timing):
                      [x for label in labels for x in (*cols(r["values"][label]), _speedup(r, label))] for r in rows])
 
     def markdown(self, s, rows):
-        extra = [_tokens, lambda c: f"{c['ttft_ms']:.3f}", lambda c: fmt_mib(c.get("kv_cache_bytes")),
-                 lambda c: roof(c, "GBps", "pct_of_copy"), busy,
-                 lambda c: f"{c['host_stats_ms']['step']['p50']:.3f}" if "host_stats_ms" in c else "n/a",
-                 lambda c: joules(c, "joules_per_token"), lambda c: joules(c, "mean_power_w")]
-        return table("decode (ms/token)", STAT_COLS + ["tokens/s", "TTFT p50 ms", "KV cache MiB", "GB/s (% of copy)",
-                                                      "device busy", "host ms/step p50", "J/token", "mean W"]
-                     + MEM_COLS, rows, lambda c: latency_cols(c, "step", extra)) + breakdown_table(rows)
+        gpu = [(lambda c: roof(c, "GBps", "pct_of_copy"), "GB/s (% of copy)"), (busy, "device busy")]
+        extra = [(_tokens, "tokens/s"), (lambda c: f"{c['ttft_ms']:.3f}", "TTFT p50 ms"),
+                 (lambda c: fmt_mib(c.get("kv_cache_bytes")), "KV cache MiB"), *(gpu if on_gpu(s) else []),
+                 (lambda c: f"{c['host_stats_ms']['step']['p50']:.3f}" if "host_stats_ms" in c else "n/a",
+                  "host ms/step p50"),
+                 (lambda c: joules(c, "joules_per_token"), "J/token"), (lambda c: joules(c, "mean_power_w"), "mean W")]
+        return table("decode (ms/token)", STAT_COLS + [h for _, h in extra] + MEM_COLS, rows,
+                     lambda c: latency_cols(c, "step", [f for f, _ in extra])) + \
+            (breakdown_table(rows) if on_gpu(s) else [])
 
 
 register(Prefill())
