@@ -225,8 +225,9 @@ def host_lines(host, gpu):
     a, b = host["launches_per_s_start"], host["launches_per_s_end"]
     rate = (f"{a:.0f}/s at session start, " + (f"{b:.0f}/s at the end ({100 * host['change']:+.0f}%)" if b else
                                                "not measured at the end")) if a else "not measured"
-    bound = (f"host-bound cells (device busy < {100 * HOST_BOUND:.0f}%): {', '.join(host['host_bound_cells']) or 'none'}"
-             if gpu else "host-bound cells: not judged on CPU")
+    cells = ", ".join(host["host_bound_cells"]) or "none"
+    bound = f"host-bound cells (device busy < {100 * HOST_BOUND:.0f}%): {cells}" if gpu else \
+        "host-bound cells: not judged on CPU"
     lines = [f"- host: launch rate (one-element kernels) {rate}; {bound}"]
     return lines + [f"- **WARNING**: {w}" for w in host["warnings"]]
 
