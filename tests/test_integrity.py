@@ -53,10 +53,12 @@ def test_a_nan_metric_fails_its_cell_and_raw_json_stays_strict(nan_model, tmp_pa
     assert proc.returncode == 1, proc.stdout + proc.stderr
     run = tmp_path / "r" / "default" / "nan"
     cell = strict_json(run / "raw.json")["cells"]["test_ppl[S256]"]
-    assert cell["status"] == "failed" and cell["reason"] == "non-finite value in ppl, nll"
-    assert cell["ppl"] is None and cell["nll"] is None
-    assert "[1/1] test_ppl[S256] failed (non-finite value in ppl, nll)" in proc.stdout
-    assert "- test_ppl[S256]: failed (non-finite value in ppl, nll); left out of every statistic" in (
+    windows = len(cell["window_nll"])   # every window's NLL is NaN too: the reason names the first three values
+    assert cell["status"] == "failed" and windows == 4
+    assert cell["reason"] == f"non-finite value in ppl, nll, window_nll[0] and {windows - 1} more"
+    assert cell["ppl"] is None and cell["nll"] is None and cell["window_nll"] == [None] * windows
+    assert f"[1/1] test_ppl[S256] failed ({cell['reason']})" in proc.stdout
+    assert f"- test_ppl[S256]: failed ({cell['reason']}); left out of every statistic" in (
         run / "run_summary.md").read_text()
     strict_json(run / "summary.json")
 

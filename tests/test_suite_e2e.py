@@ -100,7 +100,7 @@ def test_quick_infer_sweep_writes_a_complete_run(quick_group, variant):
     md = (run / "run_summary.md").read_text()
     assert f"(**{100 * h['efficiency']:.0f}%**)" in md
     # on CPU: no roofline, floors or busy share (the host runs the operators), and one line says so
-    assert "## decode roofline" not in md and "device busy |" not in md and "TFLOP/s" not in md
+    assert "## decode roofline" not in md and "device busy |" not in md and "TFLOP/s (% of matmul)" not in md
     assert ("- on CPU the roofline (TFLOP/s, GB/s), the decode floors and the device busy share are not shown: the "
             "host itself runs the operators, so they would mean nothing here") in md.splitlines()
     p50 = summary["cells"]["test_prefill[B1-S16]"]["stats_ms"]["latency"]["p50"]
