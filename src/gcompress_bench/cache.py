@@ -136,8 +136,8 @@ def _alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True   # another user's process
+    except PermissionError:   # another user's process
+        pass
     return True
 
 

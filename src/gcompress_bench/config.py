@@ -168,16 +168,16 @@ def _get(cfg, dotted):
     return cfg
 
 
-NAME_MAX = 200   # bytes of a run id or exp group: a folder name, with room for a generated suffix
+RUN_NAME_MAX = 200   # bytes of a run id or exp group: a folder name, with room for a generated suffix
 
 
 def check_folder_name(flag, value):
     """A run id or exp group is one folder under the results root: never a path that leads elsewhere."""
     if not isinstance(value, str) or value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
         raise UsageError(f"{flag}: {value!r} is not allowed; allowed: one folder name (no '/', not '.' or '..')")
-    if len(value.encode()) > NAME_MAX:
+    if len(value.encode()) > RUN_NAME_MAX:
         raise UsageError(f"{flag}: {value[:40]!r}... is {len(value.encode())} bytes long; allowed: a folder name of "
-                         f"at most {NAME_MAX} bytes")
+                         f"at most {RUN_NAME_MAX} bytes")
 
 
 def _validate(cfg, models):

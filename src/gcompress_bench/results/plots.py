@@ -104,11 +104,12 @@ def decode_latency(series, model):
                            "context length (tokens)", "ms per token", split=("gen", "mode"))
 
 
-def _legend(fig, names, first=0):
+def _legend(fig, names, first=0, lines=True):
     """One legend for the figure naming every series, drawn in a panel or not; series k has colour and dash
-    first + k in every figure."""
+    first + k in every figure (points alone where the figure draws no lines)."""
     from matplotlib.lines import Line2D
-    fig.legend([Line2D([], [], color=f"C{first + k}", linestyle=STYLES[(first + k) % len(STYLES)], marker="o")
+    fig.legend([Line2D([], [], color=f"C{first + k}", marker="o",
+                       linestyle=STYLES[(first + k) % len(STYLES)] if lines else "none")
                 for k in range(len(names))], names, loc="outside lower center", ncol=min(4, max(len(names), 1)),
                fontsize=7)
 
@@ -205,7 +206,6 @@ def paired_differences(specs, ylabel):
     """One panel per metric, specs = [(title, cells, {candidate: [(difference, its interval) or None per cell]})]:
     each candidate's paired difference to the reference with its interval, a line at zero (no difference), and
     one legend for the figure naming every candidate; a cell a candidate lacks is named, never drawn as zero."""
-    from matplotlib.lines import Line2D
     fig, axes = plt.subplots(1, len(specs), figsize=(min(18, 6 * len(specs)), 4.8), squeeze=False,
                              layout="constrained")
     for ax, (title, cells, diffs) in zip(axes[0], specs):
@@ -224,9 +224,7 @@ def paired_differences(specs, ylabel):
         ax.set_xlim(-0.6, len(cells) - 0.4)
         ax.set(title=title, ylabel=ylabel)
         ax.grid(axis="y", alpha=0.3)
-    names = list(specs[0][2]) if specs else []   # every candidate, drawn or not
-    fig.legend([Line2D([], [], marker="o", color=f"C{k}") for k in range(len(names))], names,
-               loc="outside lower center", ncol=min(4, max(len(names), 1)), fontsize=8)
+    _legend(fig, list(specs[0][2]) if specs else [], lines=False)   # every candidate, drawn or not
     return fig
 
 

@@ -6,7 +6,7 @@ from gcompress_bench.measure import energy
 from gcompress_bench.results import paired, stats
 from gcompress_bench.results.store import ResultsError, load_raw, read_json, write_json
 from gcompress_bench.suites import SUITES
-from gcompress_bench.suites.tables import HOST_BOUND, rows
+from gcompress_bench.suites.tables import HOST_BOUND, on_gpu, rows
 
 # per-item data a summary replaces with statistics (or leaves in raw.json): every other field of a
 # cell's record reaches summary.json as it is
@@ -164,7 +164,7 @@ def _markdown(s):
     if s["weights"] == "synthetic weights":
         lines.append("- **synthetic weights**: timing only; no quality number comes from this run")
     ceil = s.get("ceilings") or {}
-    if ceil and s.get("timer") != "cuda_event":
+    if ceil and not on_gpu(s):
         lines.append("- on CPU the roofline (TFLOP/s, GB/s), the decode floors and the device busy share are not "
                      "shown: the host itself runs the operators, so they would mean nothing here")
     elif ceil:
@@ -182,7 +182,7 @@ def _markdown(s):
                         f"{k['graph_cache']['misses']} misses" if k.get("graph_cache") else ""))
     if s.get("harness"):
         lines.append(harness_line(s["harness"]))
-    lines += host_lines(s.get("host"), s.get("timer") == "cuda_event")
+    lines += host_lines(s.get("host"), on_gpu(s))
     lines += energy_lines(s.get("energy"), s["cells"])
     for suite in SUITES.values():
         lines += suite.markdown(s, rows(s, suite.marker))

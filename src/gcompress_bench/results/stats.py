@@ -53,8 +53,13 @@ def ratio_interval(ref_trials, cand_trials, level=0.95, resamples=2000, seed=0):
             drawn = np.take_along_axis(picked, rng.integers(0, n, (r, k, n)), 2)
             out.append(np.median(drawn.reshape(r, k * n), axis=1))
         return np.concatenate(out)
-    ratios = medians(ref_trials) / medians(cand_trials)
-    lo, hi = np.percentile(ratios, [50 * (1 - level), 50 * (1 + level)])
+    return _percentile_interval(medians(ref_trials) / medians(cand_trials), level)
+
+
+def _percentile_interval(replicates, level):
+    """The central `level` share of a bootstrap's replicates."""
+    import numpy as np
+    lo, hi = np.percentile(replicates, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
 
 
@@ -71,9 +76,7 @@ def ppl_ratio_interval(ref_nll, cand_nll, tokens, level=0.95, resamples=2000, se
     rng = np.random.default_rng(seed)
     ref, cand, tok = (np.asarray(v, dtype=float) for v in (ref_nll, cand_nll, tokens))
     idx = rng.integers(0, len(tok), (resamples, len(tok)))
-    ratios = np.exp((cand[idx].sum(1) - ref[idx].sum(1)) / tok[idx].sum(1))
-    lo, hi = np.percentile(ratios, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
+    return _percentile_interval(np.exp((cand[idx].sum(1) - ref[idx].sum(1)) / tok[idx].sum(1)), level)
 
 
 def paired_diff_interval(ref, cand, level=0.95, resamples=2000, seed=0):
@@ -82,6 +85,4 @@ def paired_diff_interval(ref, cand, level=0.95, resamples=2000, seed=0):
     import numpy as np
     rng = np.random.default_rng(seed)
     d = np.asarray(cand, dtype=float) - np.asarray(ref, dtype=float)
-    means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(1)
-    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
+    return _percentile_interval(d[rng.integers(0, len(d), (resamples, len(d)))].mean(1), level)

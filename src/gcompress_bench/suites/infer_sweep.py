@@ -14,6 +14,7 @@ from gcompress_bench.suites.tables import (
     latency_cols,
     latency_plot,
     missing,
+    on_gpu,
     p50,
     roof,
     suite_ids,
@@ -31,11 +32,6 @@ def _tokens(c):
 
 def _ms(x):
     return f"{x:.3f}"
-
-
-def on_gpu(s):
-    """Whether a run's device timed itself (CUDA): only then do rooflines, floors and busy shares mean something."""
-    return s.get("timer") == "cuda_event"
 
 
 def _speedup(r, label):

@@ -160,8 +160,11 @@ def shot_pool(task, store=True):
     throwaway datasets cache (a check writes nothing); a built-in's dataset is the cached one."""
     import datasets
     cfg = builtin_config(task.spec, store) if isinstance(task.spec, str) else task.spec
-    split = next(cfg[k] for k in ("fewshot_split", "training_split", "validation_split", "test_split") if cfg.get(k))
-    if isinstance(task.spec, str):   # None when the cache lacks that split: lm-eval then names it itself
+    split = next((cfg[k] for k in ("fewshot_split", "training_split", "validation_split", "test_split") if cfg.get(k)),
+                 None)
+    if split is None:   # a task naming no split: lm-eval says so itself when it loads it
+        return None
+    if isinstance(task.spec, str):   # a cache without that split: the same
         ds = _cached_dataset(cfg["dataset_path"], cfg.get("dataset_name"))[0]
         return len(ds[split]) if split in ds else None
     shown = datasets.is_progress_bar_enabled()
@@ -423,9 +426,8 @@ class Lmeval(Suite):
         return cell
 
     def paired_lines(self, cid, p, name):
-        return [f"- {cid} {m}: {name} {q['candidate']:.4f} vs baseline {q['reference']:.4f} (diff {q['diff']:+.4f}" +
-                (" [{:+.4f}, {:+.4f}]".format(*q["diff_ci"]) if q.get("diff_ci") else "") +
-                f" over {p['n_paired']} paired items; only baseline right {q['only_reference_right']}, only {name} "
+        return [f"- {cid} {m}: {name} {q['candidate']:.4f} vs baseline {q['reference']:.4f} (diff {q['diff']:+.4f} "
+                f"[{q['diff_ci'][0]:+.4f}, {q['diff_ci'][1]:+.4f}] over {p['n_paired']} paired items; only baseline right {q['only_reference_right']}, only {name} "
                 f"right {q['only_candidate_right']}; exact McNemar p = {q['mcnemar_p']:.4f}" +
                 ("" if p.get("same_docs", True) else "; **DIFFERENT documents: not comparable**") + ")"
                 for m, q in ((m, p[m]) for m in CHOICE.names + RULER.names if m in p)]

@@ -58,6 +58,11 @@ def dash_unless_ok(n, render):
     return lambda c: render(c) if c["status"] == "ok" else ["—"] * n
 
 
+def on_gpu(s):
+    """Whether a run's device timed itself (CUDA): only then do rooflines, floors and busy shares mean something."""
+    return s.get("timer") == "cuda_event"
+
+
 def busy(c):
     """A cell's device-busy share, marked host-bound below HOST_BOUND."""
     if c.get("device_busy") is None:
