@@ -215,6 +215,23 @@ def test_runs_of_different_models_are_refused(group, tmp_path):
 
 
 @pytest.mark.system
+def test_timing_runs_of_different_layouts_are_refused_and_one_layout_is_named(group, tmp_path):
+    root = _copy_group(group, tmp_path)
+    args = ("--reference", str(root / "g/baseline-infer"), "--candidate", f"palu={root / 'g/palu-infer'}")
+    proc = plot_tool(*args, "--out", str(tmp_path / "same"))
+    assert proc.returncode == 0, proc.stderr
+    assert ("- module layout of every timing run: **hf** (the modules as Transformers and the method built them)"
+            in (tmp_path / "same/report.md").read_text().splitlines())
+    cfg = json.loads((root / "g/palu-infer/config.json").read_text())
+    (root / "g/palu-infer/config.json").write_text(json.dumps({**cfg, "layout": "fused"}))
+    proc = plot_tool(*args, "--out", str(tmp_path / "rep"))
+    assert proc.returncode == 2 and not (tmp_path / "rep").exists()
+    assert proc.stderr.splitlines() == [
+        "plot_llm_results: the timing runs use different module layouts (fused, hf): the layout changes the answer; "
+        "allowed: every timing column of one --layout"]
+
+
+@pytest.mark.system
 def test_one_corrupt_run_dir_is_named_and_the_others_reported(group, tmp_path):
     root = _copy_group(group, tmp_path)
     bad = root / "g" / "palu-lmeval-broken"

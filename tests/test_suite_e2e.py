@@ -88,7 +88,7 @@ def test_quick_infer_sweep_writes_a_complete_run(quick_group, variant):
     assert 0 < h["efficiency"] < 1 and min(h["parts_s"].values()) >= -0.05
     assert summary["host"]["launches_per_s_start"] == ceil["launches_per_s"] > 0
     assert summary["host"]["launches_per_s_end"] == raw["launches_per_s_end"] > 0
-    assert model["layout"] == "fused" and cfg["layout"] == "fused"
+    assert model["layout"] == "hf" and cfg["layout"] == "hf"   # the default: the modules as built
     # energy on a CPU: every field says why it is missing, none is a number
     why = "no CUDA device (this run's device is cpu)"
     assert env["energy"] == {"available": False, "reason": why}

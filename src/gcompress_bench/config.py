@@ -36,8 +36,9 @@ OPTIONS = [
     ("--warmup", "warmup", "int", "warm-up iterations per cell (overrides every timed suite)"),
     ("--iters", "iters", "int", "measured iterations per trial (overrides every timed suite)"),
     ("--trials", "trials", "int", "trials per cell (overrides every timed suite)"),
-    ("--layout", "layout", "str", "timing suites' module layout: fused (one GEMM for Q/K/V and one for gate/up, "
-                                  "decode attention per KV head, every method alike) or hf (the modules as built)"),
+    ("--layout", "layout", "str", "timing suites' module layout: hf (the modules as Transformers and the method "
+                                  "built them; default) or fused (engine-like, as vLLM fuses: one GEMM for Q/K/V and "
+                                  "one for gate/up, decode attention per KV head, every method alike)"),
     ("--ops-profile", "ops_profile", "int", "after each timed cell's measured iterations, N more (decode: steps) under "
                                             "torch.profiler: time per operator family, top kernels, GEMM kernels (0 = off)"),
     ("--baseline-run", "baseline_run", "str", "a baseline run dir to compare this run with, item by item"),

@@ -19,6 +19,8 @@ RUN_KEYS = ("model", "weights", "dtype", "timer", "device")
 # The settings that change any number; each suite adds its own (Suite.settings). Runs merged into one column
 # must agree on them.
 RUN_SETTINGS = ("model", "dtype", "profile")
+LAYOUT_TEXT = {"hf": "the modules as Transformers and the method built them",
+               "fused": "engine-like: stacked Q/K/V and gate/up GEMMs, decode attention per KV head"}
 
 
 def settings(cfg):
@@ -135,6 +137,10 @@ def build(reference_dirs, candidates):
         if len(vals) > 1:
             raise ResultsError(f"the runs measure different {key}s ({', '.join(sorted(map(str, vals)))}); "
                                f"allowed: every column of one {key}")
+    layouts = {_layout(r) for side in sides for r in side["runs"] if r["timing"]}
+    if len(layouts) > 1:
+        raise ResultsError(f"the timing runs use different module layouts ({', '.join(sorted(layouts))}): the layout "
+                           "changes the answer; allowed: every timing column of one --layout")
     pairs = {s["label"]: paired_test.compare_cells(ref["raw"], s["raw"]) for s in cands}
     rows = {m: suite.compare_rows(ref, cands, pairs) for m, suite in SUITES.items()
             if tables.suite_ids(sides, m)}
@@ -142,12 +148,17 @@ def build(reference_dirs, candidates):
         "reference": {"label": ref["label"], "runs": ref["runs"]},
         "candidates": [{"label": s["label"], "variant": s["variant"], "runs": s["runs"], "facts": s["facts"]}
                        for s in cands],
-        "environment": ref["envs"][0], "warnings": environment_check(sides),
+        "environment": ref["envs"][0], "warnings": environment_check(sides), "layout": next(iter(layouts), None),
         "suites": [m for m in rows if rows[m]],
         **{m: r for m, r in rows.items() if r},
         "time_went": _time_went_rows(ref, cands),
         "cost": [c for c in map(_cost, sides) if c],
     }, sides
+
+
+def _layout(run):
+    """A timing run's module layout; runs from before the option had HF's modules."""
+    return run["settings"].get("layout") or "hf"
 
 
 def _timed_rows(rep):
@@ -187,6 +198,8 @@ def markdown(rep):
     env = rep["environment"]
     lines.append(f"- GPU {env.get('gpu') or 'none'} (driver {env.get('driver')}), torch {env.get('torch')}, "
                  f"transformers {env.get('transformers')}, host {env.get('host')}")
+    if rep.get("layout"):
+        lines.append(f"- module layout of every timing run: **{rep['layout']}** ({LAYOUT_TEXT[rep['layout']]})")
     timed = [m for m in rep["suites"] if SUITES[m].device_facts]
     for m in timed:
         lines += SUITES[m].compare_markdown(rep[m], ref, labels)

@@ -74,7 +74,9 @@ def harness(raw, cells):
                         for cid, c in cells.items() if c.get("status") == "ok" and "samples_ms" in raw_cells[cid]) / 1e3,
         "model load": h.get("model_load_s", 0.0), "compression": h.get("compression_s", 0.0),
         "compile": sum((c.get("compile") or {}).get("first_generation_s", 0.0) for c in timed),
-        "warm-up": sum(c.get("warmup_s", 0.0) for c in timed),
+        # an eager cell's untimed first generation warms it as the warm-up does (a compiled one's is "compile")
+        "warm-up": sum(c.get("warmup_s", 0.0) + (0.0 if c.get("compile") else (c.get("cold") or {}).get(
+            "first_generation_s", 0.0)) for c in timed),
         "profiling": sum((c.get("busy") or {}).get("profile_s", 0.0) for c in timed),
     }
     in_cells = sum(c.get("wall_s", 0.0) for c in cells.values())

@@ -34,6 +34,12 @@ def _ms(x):
     return f"{x:.3f}"
 
 
+def _cold(c):
+    """The untimed first generation at the cell's lengths: time to warm (compiling, per-length plans)."""
+    step = (c.get("cold") or {}).get("step_p50_ms")
+    return "n/a" if step is None else _ms(step)
+
+
 def _speedup(r, label):
     """The speedup with its 95% interval, or "no measurable difference" where the interval holds 1.0."""
     if not r["speedup"][label]:
@@ -258,6 +264,7 @@ class Decode(Timing):
                  (lambda c: fmt_mib(c.get("kv_cache_bytes")), "KV cache MiB"), *(gpu if on_gpu(s) else []),
                  (lambda c: f"{c['host_stats_ms']['step']['p50']:.3f}" if "host_stats_ms" in c else "n/a",
                   "host ms/step p50"),
+                 (_cold, "first generation ms/step p50"),
                  (lambda c: joules(c, "joules_per_token"), "J/token"), (lambda c: joules(c, "mean_power_w"), "mean W")]
         return table("decode (ms/token)", STAT_COLS + [h for _, h in extra] + MEM_COLS, rows,
                      lambda c: latency_cols(c, "step", [f for f, _ in extra])) + \
