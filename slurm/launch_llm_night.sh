@@ -5,18 +5,22 @@
 #   bash slurm/launch_llm_night.sh [--dry-run] [--model M] [--profile P] [--partition P] [--account A]
 #     [--exp-group G] [--results-root DIR] [--reports-root DIR] [--no-gpu] [--shards N] [--tasks T] [--limit N]
 #     [--variants baseline,palu,asvd] [--suites infer_sweep,ppl,lmeval] [--job-args "CLI options"]
-#     [--allow-fallback] [-- extra sbatch arguments]
+#     [--allow-fallback] [--timing-node NODE] [--constraint FEATURES] [-- extra sbatch arguments]
 # --variants takes baseline and any registered method, plug-ins named in GCOMPRESS_METHODS included, and --suites
 # any registered job, plug-ins named in GCOMPRESS_SUITES included (the jobs inherit the environment). --job-args passes further llm_run/llm_eval options to every job, e.g.
 # "--align-policy round:32 --asvd-ratio 0.85 --trials 1". Before anything is submitted, each non-baseline variant's
 # jobs are checked offline with --check-only (baseline's when it is the only variant). A night whose data would fall
 # back to a stand-in (an HF cache without WikiText-2 or a task's dataset) is not submitted, unless --allow-fallback:
-# then the jobs run on the stand-ins, each record labelled FALLBACK.
+# then the jobs run on the stand-ins, each record labelled FALLBACK. Timing is compared like with like only on one
+# machine: --timing-node pins every timing job (infer_sweep, or a plug-in's timed suite) to one node (sbatch
+# --nodelist), --constraint every job to one node type (sbatch --constraint); the report says whether the timing
+# runs shared a node. Each job records its own end (job-<id>.json in the night's results folder), from which the
+# report job's table is built: Slurm forgets a finished job after MinJobAge.
 set -uo pipefail
 usage() { echo "launch_llm_night: $*" >&2; exit 2; }
 need() { [ $# -ge 2 ] && [ -n "$2" ] && [[ $2 != --* ]] || usage "$1 needs a value; see the header of $0"; }
 repo=$(cd "$(dirname "$0")/.." && pwd)
-dry=0 gpu=1 allow=0 shards="" group="night-$(date +%Y%m%d-%H%M%S)" root="$repo/results" reports="$repo/reports"
+dry=0 gpu=1 allow=0 shards="" pin=() group="night-$(date +%Y%m%d-%H%M%S)" root="$repo/results" reports="$repo/reports"
 variants="baseline,palu"
 suites="infer_sweep,ppl,lmeval" job_args=() cli_args=() sb=()
 while [ $# -gt 0 ]; do
@@ -25,7 +29,8 @@ while [ $# -gt 0 ]; do
     --no-gpu) gpu=0; shift ;;
     --allow-fallback) allow=1; shift ;;
     --model|--profile|--tasks|--limit) need "$@"; job_args+=("$1" "$2"); shift 2 ;;
-    --partition|--account) need "$@"; sb+=("$1" "$2"); shift 2 ;;
+    --partition|--account|--constraint) need "$@"; sb+=("$1" "$2"); shift 2 ;;
+    --timing-node) need "$@"; pin=(--nodelist "$2"); shift 2 ;;
     --exp-group) need "$@"; group=$2; shift 2 ;;
     --results-root) need "$@"; root=$(realpath -m "$2"); shift 2 ;;
     --reports-root) need "$@"; reports=$(realpath -m "$2"); shift 2 ;;
@@ -55,13 +60,17 @@ pypath="$repo/src:$repo${PYTHONPATH:+:$PYTHONPATH}"   # the package and plug-in 
 registry=$(cd "$repo" && PYTHONPATH=$pypath "$py" -c 'import sys
 from gcompress_bench import UsageError, methods, suites
 try:
-    print(" ".join(methods.load()), "|", " ".join(j + "=" + ",".join(m) for j, m in suites.jobs().items()))
+    jobs = suites.jobs()
+    print(" ".join(methods.load()), "|", " ".join(j + "=" + ",".join(m) for j, m in jobs.items()), "|",
+          " ".join(j for j, m in jobs.items() if any(suites.SUITES[x].device_facts for x in m)))
 except UsageError as e:
     sys.exit(str(e))' 2>&1) \
   || usage "--variants: cannot list the registered methods and suites (GCOMPRESS_METHODS='${GCOMPRESS_METHODS:-}', GCOMPRESS_SUITES='${GCOMPRESS_SUITES:-}'): ${registry##*$'\n'}"
-registry=${registry##*$'\n'}   # the last line: methods | job=markers ...
-read -r -a jobs <<<"${registry#*|}"
-read -r -a registry <<<"${registry%%|*}"
+registry=${registry##*$'\n'}   # the last line: methods | job=markers ... | timing jobs
+IFS='|' read -r reg_methods reg_jobs reg_timing <<<"$registry"
+read -r -a jobs <<<"$reg_jobs"
+read -r -a registry <<<"$reg_methods"
+declare -A timing_job=(); for j in $reg_timing; do timing_job[$j]=1; done
 declare -A job_markers=(); suites_allowed=""
 for j in "${jobs[@]}"; do job_markers[${j%%=*}]=${j#*=}; suites_allowed+="${suites_allowed:+, }${j%%=*}"; done
 declare -A known=() seen=(); allowed=""
@@ -119,7 +128,8 @@ for v in "${vlist[@]}"; do
     if [ -n "$shards" ] && [ "$s" = infer_sweep ]; then
       array=(--array "0-$((shards - 1))"); sharded=(--shards "$shards"); out="$logs/${exp}_%A_%a"
     fi
-    id=$(submit --job-name "$exp" --output "$out.out" --error "$out.err" "${array[@]}" "${sb[@]}" \
+    node=(); [ -z "${timing_job[$s]:-}" ] || node=("${pin[@]}")
+    id=$(submit --job-name "$exp" --output "$out.out" --error "$out.err" "${array[@]}" "${sb[@]}" "${node[@]}" \
       --export "ALL,GC_REPO=$repo" "$repo/slurm/run_llm.sbatch" --variant "$v" --suite "$s" \
       --results-root "$root" --exp-group "$group" --run-id "$stamp-$exp" "${sharded[@]}" "${job_args[@]}" \
       -- "${cli_args[@]}")

@@ -1,5 +1,6 @@
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,28 @@ def pytest_collection_modifyitems(items):
             if name in item.fixturenames:
                 item.add_marker(pytest.mark.xdist_group(name))
                 break
+    # the Slurm tests first, `late` tests last: a night started early is reported on after Slurm has forgotten it
+    items.sort(key=lambda i: 2 if i.get_closest_marker("late") else 0 if "slurm" in i.fixturenames else 1)
+
+
+SLURM_DIR = Path(os.environ.get("GCB_SLURM_DIR", "/tmp/gcb-slurm"))
+
+
+@pytest.fixture(scope="session")
+def local_slurm():
+    """A real single-node Slurm (tests/local_slurm.sh), started once and stopped when the whole test run ends (by
+    pytest_sessionfinish below, in the process that ran no test under xdist): a `late` test's report job may run
+    long after the tests that started its night, on another worker."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("starting a local Slurm needs root and apt-get")
+    subprocess.run(["bash", str(REPO / "tests/local_slurm.sh"), "start"], check=True, timeout=600)
+    (SLURM_DIR / "used-by-tests").touch()
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput") and (SLURM_DIR / "used-by-tests").exists():
+        subprocess.run(["bash", str(REPO / "tests/local_slurm.sh"), "stop"], timeout=60)
+        (SLURM_DIR / "used-by-tests").unlink()
 
 
 def run_cli(module, *args, env_extra=None, timeout=600):

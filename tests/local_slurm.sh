@@ -11,7 +11,10 @@ node=$(hostname -s)
 
 stop() {
   for d in slurmd slurmctld munged; do
-    if [ -f "$dir/$d.pid" ]; then kill "$(cat "$dir/$d.pid")" 2>/dev/null || true; rm -f "$dir/$d.pid"; fi
+    if [ -f "$dir/$d.pid" ]; then
+      pid=$(cat "$dir/$d.pid"); kill "$pid" 2>/dev/null || true; rm -f "$dir/$d.pid"
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done   # gone before a new start
+    fi
   done
 }
 
@@ -50,7 +53,6 @@ SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-MinJobAge=3600
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid

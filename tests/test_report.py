@@ -78,6 +78,42 @@ def test_exp_group_report_is_complete_and_matches_the_summaries(group, tmp_path)
         assert f"| {acc['acc']:.4f} ± {acc['acc_stderr']:.4f} |" in md
     assert "exact McNemar" in md and "## PaLU compression" in md and "## ASVD compression" in md
     assert "every run on the same GPU" in md
+    # the headline block of each candidate, recomputed here: the speedups' range, perplexity in %, accuracy in points
+    head, rest = md.split("\n## Warnings\n", 1)
+    assert "## Headline: each candidate against baseline (smollm2-135m, hf layout; 95% intervals;" in head
+    assert rest.index("- WARNING:") < rest.index("## prefill latency")   # the warnings come before any table
+    block = head.split(f"### {LABELS['palu']}\n", 1)[1].split("\n### ", 1)[0]
+    cells = ("test_prefill[B1-S16]", "test_prefill[B2-S16]")
+    samples = {run: load_raw(group / "g" / f"{run}-infer")["cells"] for run in ("baseline", "palu")}
+    sp = sorted((_summary(group, "baseline-infer")[c]["stats_ms"]["latency"]["p50"] /
+                 _summary(group, "palu-infer")[c]["stats_ms"]["latency"]["p50"],
+                 stats.ratio_interval(*(samples[r][c]["samples_ms"]["latency"] for r in ("baseline", "palu"))), c)
+                for c in cells)
+    fmt = lambda x: f"{x[0]:.3f}x [{x[1][0]:.3f}, {x[1][1]:.3f}]" + (  # noqa: E731
+        " no measurable difference" if x[1][0] <= 1 <= x[1][1] else "") + f" ({x[2]})"
+    slower = sum(ci[1] < 1 for _, ci, _ in sp)
+    assert (f"- prefill speedup (latency p50): {fmt(sp[0])} to {fmt(sp[1])}; of 2 cells, "
+            f"{sum(ci[0] > 1 for _, ci, _ in sp)} measurably faster, {slower} measurably slower, "
+            f"{2 - slower - sum(ci[0] > 1 for _, ci, _ in sp)} no measurable difference") in block.splitlines()
+    lo, hi = stats.ppl_ratio_interval(ppl["baseline"]["window_nll"], ppl["palu"]["window_nll"],
+                                      ppl["baseline"]["window_tokens"])
+    r = ppl["palu"]["ppl"] / ppl["baseline"]["ppl"]
+    assert (f"- perplexity test_ppl[S256]: {ppl['baseline']['ppl']:.3f} -> {ppl['palu']['ppl']:.3f}, "
+            f"{100 * (r - 1):+.2f}% [{100 * (lo - 1):+.2f}%, {100 * (hi - 1):+.2f}%]") in block
+    from scipy.stats import binomtest
+    items = {run: {i["doc_id"]: i["acc"] for i in load_raw(group / "g" / f"{run}-lmeval")["cells"][
+        "test_lmeval[piqa-0shot]"]["items"]} for run in ("baseline", "palu")}
+    a, b = ([items[run][d] for d in items["baseline"]] for run in ("baseline", "palu"))
+    only = (sum(x > y for x, y in zip(a, b)), sum(y > x for x, y in zip(a, b)))
+    p = binomtest(min(only), sum(only), 0.5).pvalue if sum(only) else 1.0
+    lo, hi = stats.paired_diff_interval(a, b)
+    assert (f"- accuracy test_lmeval[piqa-0shot] acc: {100 * (sum(b) - sum(a)) / len(a):+.1f} points "
+            f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" + (" no measurable difference" if lo <= 0 <= hi else "") +
+            f" (exact McNemar p {p:.3f}, n {len(a)}, chance 50.0%)") in block
+    assert "- memory, one measurement per cell: peak allocated not measured (no CUDA device); KV cache 1.000x" in block
+    # stand-in data is a warning of each column that used it, once, naming its runs
+    assert (f"- WARNING: {LABELS['palu']} ran on stand-in data (palu-infer, palu-lmeval, palu-ppl): "
+            "data/calibration.txt (FALLBACK: WikiText-2 train not in the HF cache)") in rest.splitlines()
     assert "Runs: baseline: baseline-infer, baseline-lmeval, baseline-ppl; asvd ratio=0.95: asvd-infer, " in md
 
 
@@ -229,6 +265,27 @@ def test_timing_runs_of_different_layouts_are_refused_and_one_layout_is_named(gr
     assert proc.stderr.splitlines() == [
         "plot_llm_results: the timing runs use different module layouts (fused, hf): the layout changes the answer; "
         "allowed: every timing column of one --layout"]
+
+
+@pytest.mark.system
+def test_a_repeated_cell_is_shown_once_and_its_repeats_named_with_their_spread(group, tmp_path):
+    root = _copy_group(group, tmp_path)
+    again = root / "g" / "palu-infer-again"
+    shutil.copytree(root / "g" / "palu-infer", again)
+    raw = json.loads((again / "raw.json").read_text())
+    lat = raw["cells"]["test_prefill[B1-S16]"]["samples_ms"]["latency"]
+    raw["cells"]["test_prefill[B1-S16]"]["samples_ms"]["latency"] = [[x * 1.25 for x in t] for t in lat]
+    (again / "raw.json").write_text(json.dumps(raw))
+    proc = plot_tool("--exp-group", "g", "--results-root", str(root), "--out", str(tmp_path / "rep"))
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    first = _summary(group, "palu-infer")["test_prefill[B1-S16]"]["stats_ms"]["latency"]["p50"]
+    second = stats.describe(raw["cells"]["test_prefill[B1-S16]"]["samples_ms"]["latency"])
+    assert second["p50"] == pytest.approx(1.25 * first)
+    assert (f"- WARNING: {LABELS['palu']}: test_prefill[B1-S16] was measured in 2 runs (palu-infer: {first:.4g}, "
+            f"palu-infer-again: {second['p50']:.4g} (shown)); spread {100 * (second['p50'] - first) / first:.1f}% "
+            "between runs") in md.splitlines()
+    assert f"{second['p50']:.3f}" in md.split("| test_prefill[B1-S16] |")[1].split("\n")[0]   # the table's is the last
 
 
 @pytest.mark.system

@@ -1,5 +1,6 @@
 """The Slurm side against a real single-node Slurm started on this machine (tests/local_slurm.sh), and the
 launcher's and job script's command lines without one (--dry-run, a stand-in Python)."""
+import fcntl
 import json
 import os
 import re
@@ -8,8 +9,9 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from itertools import product
+from pathlib import Path
 
 import pytest
 
@@ -27,18 +29,17 @@ SMALL = ["--no-gpu", "--allow-fallback", "--model", "smollm2-135m", "--profile",
          "--limit", "4",
          "--job-args", GRID + CALIB + f" --ppl-corpus={SHORT_CORPUS}"]
 HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# the timing jobs measure 6 cells of about 7 s each (one core): the palu one is stopped by its time limit mid-grid
+NIGHT_GRID = ("--prefill-batch=1 --prefill-seq-len=16 --decode-ctx=16 --decode-gen=4 --decode-batch=1,2,3,4,5 "
+              "--warmup=1 --iters=12 --trials=1 --ppl-seq-len=256 --fewshot=0")
 NIGHT = ["--no-gpu", "--model", HF_ID, "--profile", "quick", "--tasks", "piqa,hellaswag", "--limit", "4",
-         "--job-args", GRID + CALIB]
+         "--job-args", NIGHT_GRID + CALIB]
 JOB_RES = ["--", "--mem=1500M", "--cpus-per-task=1"]   # the local partition oversubscribes its 2 cores
 
 
 @pytest.fixture(scope="module")
-def slurm():
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("starting a local Slurm needs root and apt-get")
-    subprocess.run(["bash", str(REPO / "tests/local_slurm.sh"), "start"], check=True, timeout=600)
-    yield
-    subprocess.run(["bash", str(REPO / "tests/local_slurm.sh"), "stop"], timeout=60)
+def slurm(local_slurm):
+    """The local Slurm: the tests using it share one xdist worker, and run first (tests/conftest.py)."""
 
 
 def launch(tmp_path, *args, env=None):
@@ -61,54 +62,154 @@ def wait(ids, limit=900):
     pytest.fail(f"jobs {ids} still queued after {limit} s")
 
 
-def _job_times(jid):
-    line = subprocess.run(["scontrol", "show", "job", "-o", str(jid)], capture_output=True, text=True).stdout
-    return [datetime.fromisoformat(re.search(rf"{k}=(\S+)", line)[1]) for k in ("StartTime", "EndTime")]
+def remembered(jid):
+    """Whether the controller still knows a job (it forgets a finished one after MinJobAge)."""
+    return subprocess.run(["scontrol", "show", "job", str(jid)], capture_output=True, text=True).returncode == 0
 
 
-def test_the_night_on_an_hf_cache_four_jobs_at_once(slurm, tmp_path, standin_hf_home):
-    """The user's first quality night: an HF id and the datasets from an HF cache filled on a login node, an
-    empty suite cache, all four jobs starting together (the two palu jobs race for the whitening factors). The
-    timing jobs' night is the sharded one below."""
-    cold = tmp_path / "cold-cache"
-    env = {**os.environ, "GC_HF_HOME": str(standin_hf_home), "GCOMPRESS_CACHE": str(cold)}
+def _utc(stamp):
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+NIGHT_JOBS = [f"{v}-{s}" for v in ("baseline", "palu") for s in SUITES]
+
+
+def _hf_night(base, hf_home):
+    """Launch the quality-and-timing night on the HF cache, hold its report job, cut palu-infer_sweep's time limit
+    once it has measured two cells (Slurm then sends its SIGTERM, 120 s before the limit, within its 30 s check),
+    and wait for the six jobs: the facts the two tests below assert on."""
+    env = {**os.environ, "GC_HF_HOME": str(hf_home), "GCOMPRESS_CACHE": str(base / "cold-cache")}
     start = time.monotonic()
-    out, ids = launch(tmp_path, *NIGHT, "--suites", "ppl,lmeval", "--exp-group", "night", *JOB_RES, env=env)
-    assert len(ids) == 5   # 4 jobs + the report
-    wait(ids)
-    wall = time.monotonic() - start
-    night = tmp_path / "results" / "night"
-    runs = sorted(p.name.split("-", 2)[2] for p in night.iterdir())
-    assert runs == sorted(f"{v}-{s}" for v in ("baseline", "palu") for s in ("ppl", "lmeval"))
-    spans = [_job_times(j) for j in ids[:4]]
-    assert max(s for s, _ in spans) < min(e for _, e in spans), spans   # all four were running at one moment
-    hits, ppl = [], {}
-    for run in sorted(night.iterdir()):
-        for name in ("config.json", "env.json", "raw.json", "summary.json", "run_summary.md"):
-            assert (run / name).exists(), (run, name)
+    out, ids = launch(base, *NIGHT, "--exp-group", "night", *JOB_RES, env=env)
+    assert len(ids) == 7, out   # 6 jobs + the report
+    jobs, report = dict(zip(NIGHT_JOBS, ids)), ids[-1]
+    subprocess.run(["scontrol", "hold", str(report)], check=True)   # started later, by the late test
+    def measured():
+        log = next(iter((base / "results" / "night").glob("*-palu-infer_sweep/cells.jsonl")), None)
+        return len(log.read_text().splitlines()) if log else 0
+    end = time.monotonic() + 600
+    while measured() < 2:
+        assert time.monotonic() < end, "palu-infer_sweep measured no two cells in 600 s"
+        time.sleep(0.5)
+    ran = subprocess.run(["squeue", "-h", "-j", str(jobs["palu-infer_sweep"]), "-o", "%M"], capture_output=True,
+                         text=True).stdout.strip()
+    minutes = sum(int(x) * 60 ** i for i, x in enumerate(reversed(ran.split(":")))) // 60 + 1
+    subprocess.run(["scontrol", "update", f"jobid={jobs['palu-infer_sweep']}", f"timelimit={minutes}"], check=True)
+    wait(ids[:-1])
+    return {"base": str(base), "jobs": jobs, "report": report, "wall_s": time.monotonic() - start,
+            "limit_min": minutes}
+
+
+@pytest.fixture(scope="session")
+def hf_night(local_slurm, tmp_path_factory, standin_hf_home):
+    """The night, once per test run: the first xdist worker to get here runs it, the other reads its facts."""
+    base = tmp_path_factory.getbasetemp()
+    base = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with open(base / "hf-night.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (base / "hf-night.json").exists():
+            (base / "hf-night").mkdir()
+            (base / "hf-night.json").write_text(json.dumps(_hf_night(base / "hf-night", standin_hf_home)))
+    return json.loads((base / "hf-night.json").read_text())
+
+
+def test_the_night_on_an_hf_cache_six_jobs_at_once_one_stopped_by_its_time_limit(slurm, hf_night, standin_hf_home):
+    """The user's first night: an HF id and the datasets from an HF cache filled on a login node, an empty suite
+    cache, all six jobs starting together (the three palu jobs race for the whitening factors), and the palu
+    timing job stopped by Slurm's time limit mid-grid. Each job's own status file says how it ended; its report
+    job runs later (the late test below)."""
+    base, jobs = Path(hf_night["base"]), hf_night["jobs"]
+    night = base / "results" / "night"
+    runs = {p.name.split("-", 2)[2]: p for p in night.iterdir() if p.is_dir()}
+    assert sorted(runs) == sorted(NIGHT_JOBS)
+    status = {name: json.loads((night / f"job-{jid}.json").read_text()) for name, jid in jobs.items()}
+    host = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
+    for name, st in status.items():
+        assert (st["job_id"], st["name"], st["node"], st["run_dir"]) == (str(jobs[name]), name, host, str(runs[name]))
+        assert _utc(st["start_utc"]) <= _utc(st["end_utc"])
+    assert {n: (st["state"], st["exit_code"]) for n, st in status.items()} == {
+        **{n: ("COMPLETED", 0) for n in NIGHT_JOBS}, "palu-infer_sweep": ("TIMEOUT", 143)}
+    assert 0 <= status["palu-infer_sweep"]["signal_time_left_s"] <= 60 * hf_night["limit_min"]
+    starts, ends = ([_utc(st[k]) for st in status.values()] for k in ("start_utc", "end_utc"))
+    assert max(starts) < min(ends), status   # all six were running at one moment
+    # the time-limited run: its cells so far, its summary with the banner, and its stop in its Slurm log
+    raw = json.loads((runs["palu-infer_sweep"] / "raw.json").read_text())
+    stop, cfg = raw["interrupted"], json.loads((runs["palu-infer_sweep"] / "config.json").read_text())
+    assert stop["signal"] == "SIGTERM" and 2 <= stop["cells_done"] == len(raw["cells"]) < stop["cells"] == 6
+    assert all(c["status"] == "ok" for c in raw["cells"].values()) and len(cfg["cells"]) == 6
+    md = (runs["palu-infer_sweep"] / "run_summary.md").read_text().splitlines()
+    assert md[2].startswith(f"**INTERRUPTED after {stop['cells_done']} of 6 cells** (SIGTERM: a time limit "
+                            "(Slurm's) or a cancel, at ")
+    missing = [c.split("::")[-1] for c in cfg["cells"] if c.split("::")[-1] not in raw["cells"]]
+    assert [f"- {c}: not run (the run was interrupted by SIGTERM)" for c in missing] == \
+        [line for line in md if line.endswith("(the run was interrupted by SIGTERM)")]
+    err = (REPO / "slurm_logs" / f"palu-infer_sweep_{jobs['palu-infer_sweep']}.err").read_text()
+    assert (f"gcompress-bench: INTERRUPTED after {stop['cells_done']} of 6 cells (SIGTERM: a time limit (Slurm's) or "
+            f"a cancel, at {stop['at_utc']}") in err
+    hits = []
+    for name, run in runs.items():
+        for f in ("config.json", "env.json", "raw.json", "summary.json", "run_summary.md"):
+            assert (run / f).exists(), (run, f)
         env_json = json.loads((run / "env.json").read_text())
-        assert env_json["slurm"]["SLURM_JOB_ID"] and env_json["hf_offline"]["HF_HUB_OFFLINE"] == "1"
+        assert env_json["slurm"]["SLURM_JOB_ID"] == str(jobs[name]) and env_json["hf_offline"]["HF_HUB_OFFLINE"] == "1"
         assert env_json["hf_offline"]["HF_HOME"] == str(standin_hf_home)
         raw = json.loads((run / "raw.json").read_text())
         assert all(c["status"] == "ok" for c in raw["cells"].values())
-        if "test_ppl[S256]" in raw["cells"]:
-            ppl[raw["variant"]] = raw["cells"]["test_ppl[S256]"]
         assert raw["model_facts"]["revision"] and raw["model_facts"]["path"].startswith(str(standin_hf_home))
         if raw["variant"] == "palu":
             hits.append(raw["method_facts"]["calibration"]["cache_hit"])
         else:
             assert raw["method_facts"] is None   # baseline: the model as loaded
-    assert sorted(hits) == [False, True]   # computed once under the lock, read by the other job
-    left = sorted(p.name for p in cold.rglob("*"))
+    assert sorted(hits) == [False, True, True]   # computed once under the lock, read by the other jobs
+    left = sorted(p.name for p in (base / "cold-cache").rglob("*"))
     assert len([n for n in left if n.endswith(".pt")]) == 1 and not [n for n in left if ".tmp" in n], left
-    assert (REPO / "slurm_logs" / f"baseline-ppl_{ids[0]}.out").exists()
-    md = (tmp_path / "reports" / "night" / "report.md").read_text()
-    assert f"| baseline-ppl | {ids[0]} | COMPLETED | 0:0 |" in md
+    print(f"night wall time: {hf_night['wall_s']:.0f} s")
+
+
+@pytest.mark.late
+def test_the_report_job_starts_after_slurm_forgot_the_night_and_names_every_state(local_slurm, hf_night):
+    """Slurm at its default MinJobAge (300 s) forgets a finished job; the night's report job, released more than
+    300 s after the first job ended, still tables every job's real state (from the jobs' own status files), and
+    its report names the interrupted run and its missing cells."""
+    base, jobs = Path(hf_night["base"]), hf_night["jobs"]
+    night = base / "results" / "night"
+    status = {name: json.loads((night / f"job-{jid}.json").read_text()) for name, jid in jobs.items()}
+    first_end = min(_utc(st["end_utc"]) for st in status.values())
+    deadline = max(_utc(st["end_utc"]) for st in status.values()) + 300 + 180   # MinJobAge + two purge passes
+    while any(remembered(j) for j in jobs.values()):
+        assert time.time() < deadline, "Slurm still remembers the night's jobs 480 s after they ended"
+        time.sleep(5)
+    released = time.time()
+    assert released - first_end > 300
+    subprocess.run(["scontrol", "release", str(hf_night["report"])], check=True)
+    wait([hf_night["report"]])
+    md = (base / "reports" / "night" / "report.md").read_text()
+    rows = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith("| ") and
+            line.split(" | ")[0][2:] in NIGHT_JOBS}
+    for name, st in status.items():
+        state = "COMPLETED" if name != "palu-infer_sweep" else (
+            f"**FAILED** (TIMEOUT, SIGTERM {st['signal_time_left_s']} s before the time limit)")
+        assert rows[name] == (f"| {name} | {jobs[name]} | {state} | {st['exit_code']}:0 | {st['node']} | "
+                              f"{st['start_utc']} | {st['end_utc']} | job status file | "
+                              f"slurm_logs/{name}_{jobs[name]}.err |")
+    palu = json.loads((Path(status["palu-infer_sweep"]["run_dir"]) / "raw.json").read_text())
+    stop, run_id = palu["interrupted"], Path(status["palu-infer_sweep"]["run_dir"]).name
+    missing = [c.split("::")[-1] for c in json.loads((Path(status["palu-infer_sweep"]["run_dir"]) / "config.json")
+                                                     .read_text())["cells"] if c.split("::")[-1] not in palu["cells"]]
+    palu_label = "palu group_size=3 calib_samples=2"   # the night's --palu-calib-samples=2 is off the default
+    assert (f"- WARNING: {palu_label} run {run_id} was INTERRUPTED after {stop['cells_done']} of 6 cells "
+            f"(SIGTERM); missing: {', '.join(missing)}") in md.splitlines()
+    for cid in missing:   # each missing cell's palu column says why
+        assert re.search(rf"\| {re.escape(cid)} \|.*\| not run: {run_id} was INTERRUPTED after {stop['cells_done']} "
+                         r"of 6 cells \|", md), cid
+    assert re.search(rf"\| {palu_label} \| {run_id} INTERRUPTED after {stop['cells_done']} of 6 cells \| 1 \|", md)
+    assert "| baseline | complete | 1 |" in md and f"- every timing run on one node: {status['palu-ppl']['node']}" in md
     assert "FALLBACK" not in md and "baber/piqa (HF datasets cache" in md and "Rowan/hellaswag (HF datasets" in md
+    ppl = {v: json.loads((Path(status[f"{v}-ppl"]["run_dir"]) / "raw.json").read_text())["cells"]["test_ppl[S256]"]
+           for v in ("baseline", "palu")}
     assert (f"| test_ppl[S256] | {ppl['baseline']['ppl']:.4f} | {ppl['palu']['ppl']:.4f} | "
             f"{ppl_ratio_cell(ppl['baseline'], ppl['palu'])} | Salesforce/wikitext wikitext-2-raw-v1 test (HF datasets "
             "cache") in md
-    print(f"night wall time: {wall:.0f} s")
 
 
 def test_the_report_job_names_every_failed_job(slurm, tmp_path):
@@ -117,12 +218,23 @@ def test_the_report_job_names_every_failed_job(slurm, tmp_path):
     bad = subprocess.run(["sbatch", "--parsable", "--mem=100M", "--output", "/dev/null", "--wrap", "exit 3"],
                          capture_output=True, text=True).stdout.strip()
     wait([ok, bad])
+    # a job that wrote its start and was then killed outright (SIGKILL, a lost node), and one that left nothing
+    (tmp_path / "results" / "g").mkdir(parents=True)
+    (tmp_path / "results" / "g" / "job-999991.json").write_text(json.dumps(
+        {"job_id": "999991", "node": "n7", "start_utc": "2026-12-01T01:00:00Z", "state": "RUNNING", "exit_code": None,
+         "end_utc": None}))
     proc = subprocess.run(["bash", str(REPO / "slurm/night_report.sh"), str(tmp_path / "results"), "g",
-                           str(tmp_path / "rep"), f"palu-ppl={bad}", f"baseline-ppl={ok}"], capture_output=True,
-                          text=True, env={**os.environ, "GC_REPO": str(REPO)})
+                           str(tmp_path / "rep"), f"palu-ppl={bad}", f"baseline-ppl={ok}", "asvd-ppl=999991",
+                           "prune-ppl=999992"], capture_output=True, text=True, env={**os.environ, "GC_REPO": str(REPO)})
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert f"| palu-ppl | {bad} | **FAILED** (FAILED) | 3:0 | slurm_logs/palu-ppl_{bad}.err |" in md
-    assert f"| baseline-ppl | {ok} | COMPLETED | 0:0 |" in md
+    memory = "scontrol: Slurm forgets a finished job after MinJobAge"   # no status file: these jobs ran --wrap
+    assert re.search(rf"\| palu-ppl \| {bad} \| \*\*FAILED\*\* \(FAILED\) \| 3:0 \| \S+ \| \S+ \| \S+ \| {memory} \| "
+                     rf"slurm_logs/palu-ppl_{bad}.err \|", md), md
+    assert re.search(rf"\| baseline-ppl \| {ok} \| COMPLETED \| 0:0 \| \S+ \| \S+ \| \S+ \| {memory} \|", md), md
+    assert ("| asvd-ppl | 999991 | **FAILED** (no end recorded: killed by SIGKILL, or its node failed) |  | n7 | "
+            "2026-12-01T01:00:00Z |  | job status file | slurm_logs/asvd-ppl_999991.err |") in md
+    assert ("| prune-ppl | 999992 | **FAILED** (UNKNOWN) |  |  |  |  | none: no status file, no accounting, and Slurm no "
+            "longer remembers it | slurm_logs/prune-ppl_999992.err |") in md
     assert (f"No comparison: need baseline runs and at least one candidate (--reference/--candidate, or --exp-group "
             f"with both under {tmp_path / 'results'}/g)") in md and proc.returncode == 2
 
@@ -137,7 +249,7 @@ def test_a_sharded_night_of_a_plugin_method_merges_its_shards_and_is_reported(sl
     assert len(ids) == 5   # per variant an array of 2 infer_sweep shards and a ppl job, then the report
     wait(ids)
     night = tmp_path / "results" / "plug"
-    runs = {p.name.split("-", 2)[2]: p for p in night.iterdir()}
+    runs = {p.name.split("-", 2)[2]: p for p in night.iterdir() if p.is_dir()}   # beside: the jobs' status files
     assert sorted(runs) == ["baseline-infer_sweep-shard0", "baseline-infer_sweep-shard1", "baseline-ppl",
                             "mlpprune-infer_sweep-shard0", "mlpprune-infer_sweep-shard1", "mlpprune-ppl"]
     raw = {name: json.loads((run / "raw.json").read_text()) for name, run in runs.items()}
@@ -256,8 +368,13 @@ def fallback_heads(stderr):
 
 
 def test_a_night_of_three_methods_is_nine_jobs_and_a_report(tmp_path):
-    proc, cmds = dry_night(tmp_path, "--variants", "baseline,palu,asvd", "--no-gpu")
+    proc, cmds = dry_night(tmp_path, "--variants", "baseline,palu,asvd", "--no-gpu", "--timing-node", "n7",
+                           "--constraint", "h100")
     assert len(cmds) == 10
+    # the timing jobs on one node, every job on one node type
+    assert [cmd[cmd.index("--nodelist") + 1] if "--nodelist" in cmd else None for cmd in cmds] == \
+        ["n7", None, None] * 3 + [None]
+    assert all(cmd[cmd.index("--constraint") + 1] == "h100" for cmd in cmds)
     stamp = re.fullmatch(r"(\d{8}-\d{6})-baseline-infer_sweep", job_args(cmds[0])[9])[1]
     night = list(product(("baseline", "palu", "asvd"), SUITES))
     for cmd, (v, s) in zip(cmds[:9], night):

@@ -162,15 +162,26 @@ def test_oom_cell_is_skipped_with_reason_and_the_grid_goes_on(quick_group, llm_r
 
 
 @pytest.mark.system
-def test_ctrl_c_keeps_finished_cells_and_exits_130_not_2(llm_run):
-    """2 means bad input; an interrupted run says so with its own code (128 + SIGINT)."""
+@pytest.mark.parametrize("sig, code, why", [("INT", 130, "SIGINT: Ctrl-C"),
+                                            ("TERM", 143, "SIGTERM: a time limit (Slurm's) or a cancel")])
+def test_a_signal_keeps_finished_cells_says_so_on_top_and_exits_128_plus_it_not_2(llm_run, sig, code, why):
+    """2 means bad input; a run stopped by Ctrl-C or by SIGTERM (a Slurm time limit) keeps its cells, writes its
+    summary with a banner and says so on stderr, with its own code (128 + the signal)."""
     proc, (run,) = llm_run("--variant", "baseline", *TINY, "--", "-p", "tests.plugins.kill_after_two",
-                           env_extra={"GCB_TEST_SIGNAL": "INT"})
-    assert proc.returncode == 130, proc.stdout + proc.stderr
+                           env_extra={"GCB_TEST_SIGNAL": sig})
+    assert proc.returncode == code, proc.stdout + proc.stderr
     raw = json.loads((run / "raw.json").read_text())
     assert list(raw["cells"]) == ["test_prefill[B1-S16]", "test_prefill[B2-S16]"]
+    stop = raw["interrupted"]
+    assert {k: stop[k] for k in ("signal", "cells_done", "cells")} == {"signal": f"SIG{sig}", "cells_done": 2,
+                                                                      "cells": 3}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["not_run"] == ["test_decode[B1-ctx16-gen4]"]
+    banner = f"**INTERRUPTED after 2 of 3 cells** ({why}, at {stop['at_utc']})"
+    assert (run / "run_summary.md").read_text().splitlines()[:3] == [f"# Run {run.name}", "", banner]
+    assert f"gcompress-bench: {banner.replace('**', '')}: {run}" in proc.stderr.splitlines()
+    assert "- test_decode[B1-ctx16-gen4]: not run (the run was interrupted by SIG" + sig + ")" in \
+        (run / "run_summary.md").read_text().splitlines()
 
 
 @pytest.mark.system

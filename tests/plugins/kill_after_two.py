@@ -1,5 +1,5 @@
-"""Test plugin: signal the run after its second cell: SIGKILL as a Slurm time limit would (default), or
-the signal named in GCB_TEST_SIGNAL (INT: a Ctrl-C)."""
+"""Test plugin: signal the run after its second cell: SIGKILL, as after a time limit's grace (default), or the
+signal named in GCB_TEST_SIGNAL (INT: a Ctrl-C; TERM: what Slurm sends at a time limit)."""
 import os
 import signal
 

@@ -52,16 +52,29 @@ def _check_agree(label, runs):
 
 def load_side(label, run_dirs):
     """Merge one column's run dirs (its infer_sweep, ppl and lmeval jobs, or the shards of one)."""
-    side = {"label": label, "runs": [], "cells": {}, "raw": {}, "envs": [], "variant": None, "facts": None}
+    side = {"label": label, "runs": [], "cells": {}, "raw": {}, "envs": [], "variant": None, "facts": None,
+            "not_run": {}, "repeats": {}, "warnings": [], "fallbacks": {}}
     for d in map(Path, run_dirs):
         s = report.build_summary(d)
         raw = load_raw(d)["cells"]
         for cid, cell in s["cells"].items():
+            seen = side["repeats"].setdefault(cid, [])
+            seen.append({"run_id": s["run_id"], "status": cell["status"], "value": _repeat_value(cell)})
             if side["cells"].get(cid, {}).get("status") == "ok" and cell["status"] != "ok":
                 continue   # a finished copy of a cell (e.g. from a re-run shard) wins over a failed one
             side["cells"][cid], side["raw"][cid] = cell, raw[cid]
-        timing = any(SUITES[c["suite"]].device_facts for c in s["cells"].values() if c.get("suite") in SUITES)
+            seen[-1]["shown"] = True
+        side["warnings"] += run_warnings(label, s)
+        for text in _fallbacks([s["cells"], s["method_facts"]]):
+            side["fallbacks"].setdefault(text, []).append(s["run_id"])
+        stop = s.get("interrupted")
+        side["not_run"].update({cid: f"not run: {s['run_id']} was INTERRUPTED after {stop['cells_done']} of "
+                                     f"{stop['cells']} cells" if stop else "not run" for cid in s["not_run"]})
+        # a timing run interrupted before its first cell is still one (its job names its suites)
+        timing = any(SUITES[m].device_facts for m in {c.get("suite") for c in s["cells"].values()} |
+                     {m for m, suite in SUITES.items() if suite.job in (s["suites"] or [])} if m in SUITES)
         side["runs"].append({"dir": str(d), "run_id": s["run_id"], "variant": s["variant"], "timing": timing,
+                             "interrupted": stop, "not_run": s["not_run"],
                              "span": [read_json(d / "env.json").get("time_utc"), s.get("updated_utc")],
                              "harness": s.get("harness"),
                              "settings": settings(read_json(d / "config.json")), **{k: s[k] for k in RUN_KEYS}})
@@ -73,7 +86,64 @@ def load_side(label, run_dirs):
         raise ResultsError(f"the {label} runs are of different methods ({', '.join(sorted(variants))}); allowed: "
                            "one method per column")
     _check_agree(label, side["runs"])
+    side["repeats"] = {cid: runs for cid, runs in side["repeats"].items() if len(runs) > 1}
+    side["warnings"] += [f"{label} ran on stand-in data ({', '.join(dict.fromkeys(runs))}): {text}"
+                         for text, runs in side["fallbacks"].items()]
     return side
+
+
+def _repeat_lines(side):
+    """A cell measured by several runs of one column: every run's value, which one the tables show (the last
+    finished), and the spread between them."""
+    out = []
+    for cid, seen in side["repeats"].items():
+        shown = max(i for i, r in enumerate(seen) if r.get("shown"))
+        vals = [r["value"] for r in seen if r["value"] is not None]
+        spread = (f"; spread {100 * (max(vals) - min(vals)) / min(vals):.1f}% between runs"
+                  if len(vals) > 1 and min(vals) > 0 else "")
+        runs = ", ".join(f"{r['run_id']}: " + (f"{r['value']:.4g}" if r["value"] is not None else r["status"]) +
+                         (" (shown)" if i == shown else "") for i, r in enumerate(seen))
+        out.append(f"{side['label']}: {cid} was measured in {len(seen)} runs ({runs}){spread}")
+    return out
+
+
+def _repeat_value(cell):
+    """What a repeated cell is compared by across runs: a timed cell's headline p50, else its suite's first
+    compared field (ppl, acc, accuracy)."""
+    suite = SUITES.get(cell.get("suite"))
+    if cell["status"] != "ok" or suite is None:
+        return None
+    if "stats_ms" in cell:
+        return cell["stats_ms"][suite.headline]["p50"]
+    return next((cell[k] for k in suite.compare_keys if isinstance(cell.get(k), (int, float))), None)
+
+
+def _fallbacks(obj):
+    """Every text in a summary's cells or facts that says it ran on stand-in data."""
+    if isinstance(obj, dict):
+        return [t for k, v in obj.items() if k not in report.RAW_ONLY for t in _fallbacks(v)]
+    if isinstance(obj, list):
+        return [t for v in obj for t in _fallbacks(v)]
+    return [obj] if isinstance(obj, str) and "FALLBACK" in obj else []
+
+
+def run_warnings(label, s):
+    """What one run's summary warns of, for the comparison's warnings: the host, synthetic weights, a
+    compression off its request, a stopped run, refused writes (stand-in data: per column, in load_side)."""
+    run = f"{label} run {s['run_id']}"
+    host = s.get("host") or {}
+    out = [f"{run}: {w}" for w in host.get("warnings", [])]
+    if host.get("host_bound_cells") and tables.on_gpu(s):   # on CPU the host runs the operators itself
+        out.append(f"{run}: host-bound cells (device busy < {100 * tables.HOST_BOUND:.0f}%; the host, not the device, "
+                   f"set their time): {', '.join(host['host_bound_cells'])}")
+    if s["weights"] == "synthetic weights":
+        out.append(f"{run}: synthetic weights: its times are real, and no quality number comes from it")
+    m = methods.load().get(s["variant"])
+    if m and s["method_facts"] and (m.headline(s["method_facts"]) or "").startswith("WARNING"):
+        out.append(f"{run}: {m.headline(s['method_facts']).removeprefix('WARNING: ')}")
+    if s["stopped"]:
+        out.append(f"{run} STOPPED: {s['stopped']}")
+    return out + [f"{run}: the raw log refused a write (not strict JSON): {r}" for r in s.get("refused", [])]
 
 
 def _time_went_rows(ref, cands):
@@ -116,6 +186,25 @@ def environment_check(sides):
         vals = {json.dumps(r["settings"][key]) for r, _ in runs if key in r["settings"]}
         if len(vals) > 1:
             warnings.append(f"the columns differ in {key}: {sorted(vals)}; not like with like")
+    return warnings
+
+
+def run_checks(sides):
+    """What happened to the runs: interrupted ones and their missing cells, timing runs on several nodes or
+    overlapping in time on one host."""
+    warnings = []
+    runs = [(r, e) for side in sides for r, e in zip(side["runs"], side["envs"])]
+    for side in sides:
+        for r in side["runs"]:
+            if r["interrupted"]:
+                stop = r["interrupted"]
+                warnings.append(f"{side['label']} run {r['run_id']} was INTERRUPTED after {stop['cells_done']} of "
+                                f"{stop['cells']} cells ({stop['signal']}); missing: {', '.join(r['not_run']) or 'none'}")
+    nodes = {e.get("host") for r, e in runs if r["timing"]}
+    if len(nodes) > 1:
+        warnings.append("the timing runs ran on different nodes (" + ", ".join(
+            f"{r['run_id']} on {e.get('host')}" for r, e in runs if r["timing"]) + "): each speedup compares two "
+            "machines; pin a night's timing jobs to one node (the launcher's --timing-node) or node type (--constraint)")
     timed = [(r, e) for r, e in runs if r["timing"] and all(r["span"])]
     for i, (r1, e1) in enumerate(timed):
         for r2, e2 in timed[i + 1:]:
@@ -142,18 +231,28 @@ def build(reference_dirs, candidates):
         raise ResultsError(f"the timing runs use different module layouts ({', '.join(sorted(layouts))}): the layout "
                            "changes the answer; allowed: every timing column of one --layout")
     pairs = {s["label"]: paired_test.compare_cells(ref["raw"], s["raw"]) for s in cands}
+    differ = environment_check(sides)
+    warnings = differ + run_checks(sides) + [w for side in sides for w in side["warnings"] + _repeat_lines(side)]
     rows = {m: suite.compare_rows(ref, cands, pairs) for m, suite in SUITES.items()
             if tables.suite_ids(sides, m)}
     return {
         "reference": {"label": ref["label"], "runs": ref["runs"]},
         "candidates": [{"label": s["label"], "variant": s["variant"], "runs": s["runs"], "facts": s["facts"]}
                        for s in cands],
-        "environment": ref["envs"][0], "warnings": environment_check(sides), "layout": next(iter(layouts), None),
+        "environment": ref["envs"][0], "environment_same": not differ, "warnings": warnings,
+        "layout": next(iter(layouts), None),
+        "timing_node": _one_node(sides),
         "suites": [m for m in rows if rows[m]],
         **{m: r for m, r in rows.items() if r},
         "time_went": _time_went_rows(ref, cands),
         "cost": [c for c in map(_cost, sides) if c],
     }, sides
+
+
+def _one_node(sides):
+    """The node every timing run ran on, or None (no timing run, or several nodes: a warning says which)."""
+    nodes = {e.get("host") for side in sides for r, e in zip(side["runs"], side["envs"]) if r["timing"]}
+    return next(iter(nodes)) if len(nodes) == 1 else None
 
 
 def _layout(run):
@@ -177,8 +276,10 @@ def _cost(side):
         for k, v in h["parts_s"].items():
             parts[k] = parts.get(k, 0.0) + v
     wall = sum(h["wall_s"] for h in runs)
+    stops = [f"{r['run_id']} INTERRUPTED after {r['interrupted']['cells_done']} of {r['interrupted']['cells']} cells"
+             for r in side["runs"] if r.get("harness") and r["interrupted"]]
     return {"label": side["label"], "runs": len(runs), "wall_s": wall, "efficiency": parts["measured"] / wall,
-            "device_minutes": wall / 60, "parts_s": parts}
+            "device_minutes": wall / 60, "parts_s": parts, "status": "; ".join(stops) or "complete"}
 
 
 def _ratio(row, label, ref, key):
@@ -192,14 +293,24 @@ def markdown(rep):
     runs = lambda side: ", ".join(Path(r["dir"]).name for r in side["runs"])  # noqa: E731
     lines = [f"# {ref} vs {', '.join(labels)}", "", f"Runs: {ref}: {runs(rep['reference'])}; " +
              "; ".join(f"{c['label']}: {runs(c)}" for c in rep["candidates"]), ""]
+    layout = f", {rep['layout']} layout" if rep.get("layout") else ""
+    lines += [f"## Headline: each candidate against {ref} ({rep['reference']['runs'][0]['model']}{layout}; "
+              "95% intervals; a ratio whose interval holds 1.0, or a difference whose interval holds 0, is no "
+              "measurable difference)"]
+    for c in rep["candidates"]:
+        lines += ["", f"### {c['label']}", "", *headline(rep, c)]
+    lines += ["", "## Warnings", ""]
     lines += [f"- WARNING: {w}" for w in rep.get("skipped", [])]
-    lines += [f"- WARNING: {w}" for w in rep["warnings"]] or ["- environment: every run on the same GPU, driver, "
-                                                             "torch, transformers, model, dtype and timer"]
+    lines += [f"- WARNING: {w}" for w in rep["warnings"]] or ["- none"]
+    if rep["environment_same"]:
+        lines.append("- environment: every run on the same GPU, driver, torch, transformers, model, dtype and timer")
     env = rep["environment"]
     lines.append(f"- GPU {env.get('gpu') or 'none'} (driver {env.get('driver')}), torch {env.get('torch')}, "
                  f"transformers {env.get('transformers')}, host {env.get('host')}")
     if rep.get("layout"):
         lines.append(f"- module layout of every timing run: **{rep['layout']}** ({LAYOUT_TEXT[rep['layout']]})")
+    if rep.get("timing_node"):
+        lines.append(f"- every timing run on one node: {rep['timing_node']}")
     timed = [m for m in rep["suites"] if SUITES[m].device_facts]
     for m in timed:
         lines += SUITES[m].compare_markdown(rep[m], ref, labels)
@@ -226,9 +337,9 @@ def markdown(rep):
     if rep.get("cost"):
         kinds = [k for k in rep["cost"][0]["parts_s"] if k != "measured"]
         lines += compare_table("what the timing runs cost (harness efficiency = measured regions / session wall; one "
-                        "device per run)", ["column", "runs", "measured s", "wall s", "efficiency", "device min"] +
-                        [f"{k} s" for k in kinds],
-                        [[c["label"], str(c["runs"]), f"{c['parts_s']['measured']:.1f}", f"{c['wall_s']:.1f}",
+                        "device per run)", ["column", "status", "runs", "measured s", "wall s", "efficiency",
+                                            "device min"] + [f"{k} s" for k in kinds],
+                        [[c["label"], c["status"], str(c["runs"]), f"{c['parts_s']['measured']:.1f}", f"{c['wall_s']:.1f}",
                           f"{100 * c['efficiency']:.0f}%", f"{c['device_minutes']:.1f}"] +
                          [f"{c['parts_s'].get(k, 0.0):.1f}" for k in kinds] for c in rep["cost"]])
         total = sum(c["device_minutes"] for c in rep["cost"])
@@ -239,6 +350,37 @@ def markdown(rep):
             m = methods.load().get(c["variant"], methods.Method())
             lines += ["", f"# {c['label']}", *m.markdown(c["facts"])]
     return "\n".join(lines) + "\n"
+
+
+def headline(rep, cand):
+    """One candidate's block: what it is, speed per timed suite, memory, quality per suite, energy."""
+    ref, label = rep["reference"]["label"], cand["label"]
+    m = methods.load().get(cand["variant"])
+    lines = [f"- compression: {m.headline(cand['facts'])}"] if m and cand["facts"] and m.headline(cand["facts"]) else []
+    timed = [x for x in rep["suites"] if SUITES[x].device_facts]
+    for x in timed:
+        lines += SUITES[x].headline_items(rep[x], label)
+    rows = _timed_rows(rep)
+    if rows:
+        def ratios(key, get=lambda v, k: v.get(k)):
+            got = [(b / a, r["cell"]) for r in rows for a, b in [(get(r["values"][ref], key), get(r["values"][label],
+                                                                                                  key))]
+                   if isinstance(a, (int, float)) and a > 0 and isinstance(b, (int, float))]
+            if not got:
+                return None
+            (lo, lo_cell), (hi, hi_cell) = min(got), max(got)
+            return f"{lo:.3f}x ({lo_cell})" + ("" if lo == hi else f" to {hi:.3f}x ({hi_cell})")
+        peak, kv = ratios("peak_allocated_bytes"), ratios("kv_cache_bytes")
+        lines.append(f"- memory, one measurement per cell: peak allocated {peak or 'not measured (no CUDA device)'}; "
+                     f"KV cache {kv or 'not measured'}")
+        energy = rep["environment"].get("energy") or {}
+        joules = ratios("energy", lambda v, k: (v.get(k) or {}).get("joules_per_token"))
+        lines.append(f"- energy per decode token, one measurement per cell: {joules}" if joules else
+                     f"- energy per token: not available ({energy.get('reason', 'no decode cell measured it')})")
+    for x in rep["suites"]:
+        if x not in timed:
+            lines += SUITES[x].headline_items(rep[x], label)
+    return lines
 
 
 def _energy_table(rows, ref, labels):

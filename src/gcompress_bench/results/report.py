@@ -42,12 +42,13 @@ def _drift(trials):
     return (max(medians) - min(medians)) / min(medians) if len(medians) > 1 and min(medians) > 0 else None
 
 
-def host_check(cells, start, end):
+def host_check(cells, start, end, gpu=True):
     """The run's host: launch rate at start and end, host-bound cells and cells whose host time drifted,
-    with a warning for each sign that the host, not the device, set some of the times."""
+    with a warning for each sign that the host, not the device, set some of the times. On CPU no cell is
+    judged host-bound: the host runs the operators itself."""
     rate = {"launches_per_s_start": start, "launches_per_s_end": end,
             "change": (end - start) / start if start and end else None}
-    bound = [cid for cid, c in cells.items() if c.get("host_bound")]
+    bound = [cid for cid, c in cells.items() if c.get("host_bound")] if gpu else []
     drifting = {cid: c["host_drift"] for cid, c in cells.items() if (c.get("host_drift") or 0) > NOISY}
     warnings = []
     if rate["change"] is not None and abs(rate["change"]) > NOISY:
@@ -119,8 +120,10 @@ def _summary(raw, cfg, env):
     not_run = [c for c in expected if c not in cells]
     decisions = [f"{cid}: {c['status']} ({c.get('reason', '')}); left out of every statistic"
                  for cid, c in cells.items() if c["status"] != "ok"]
-    decisions += [f"{cid}: not run ({raw.get('stopped') or 'interrupted or deselected after start'})"
-                  for cid in not_run]
+    stop = raw.get("interrupted")
+    why = raw.get("stopped") or (f"the run was interrupted by {stop['signal']}" if stop else
+                                 "interrupted or deselected after start")
+    decisions += [f"{cid}: not run ({why})" for cid in not_run]
     return {
         "run_id": raw["run_id"], "variant": raw["variant"], "model": raw["model"], "updated_utc": raw.get("updated_utc"),
         "weights": "synthetic weights" if raw.get("synthetic_weights") else "pretrained",
@@ -142,8 +145,10 @@ def _summary(raw, cfg, env):
                     "cache_dir": (env.get("compile_cache") or {}).get("dir")}
                    if compiled else None,
         "cells": cells, "not_run": not_run, "decisions": decisions, "stopped": raw.get("stopped"),
+        "interrupted": stop,
         "refused": raw.get("refused", []),
-        "host": host_check(cells, (env.get("ceilings") or {}).get("launches_per_s"), raw.get("launches_per_s_end"))
+        "host": host_check(cells, (env.get("ceilings") or {}).get("launches_per_s"), raw.get("launches_per_s_end"),
+                           on_gpu(raw))
                 if any(c.get("suite") in suites.timed() for c in cells.values()) else None,
         "harness": harness(raw, cells),
         "paired": ({"baseline_run": cfg["baseline_run"], "cells": paired.with_run(cfg["baseline_run"], raw)}
@@ -151,8 +156,19 @@ def _summary(raw, cfg, env):
     }
 
 
+SIGNALS = {"SIGTERM": "SIGTERM: a time limit (Slurm's) or a cancel", "SIGINT": "SIGINT: Ctrl-C"}
+
+
+def interrupted_line(stop):
+    """The banner of a run stopped by a signal: how far it got, and what stopped it."""
+    why = SIGNALS.get(stop["signal"], stop["signal"])
+    cell = f"; {stop['in_progress']} was in progress and is not recorded" if stop.get("in_progress") else ""
+    return f"**INTERRUPTED after {stop['cells_done']} of {stop['cells']} cells** ({why}, at {stop['at_utc']}{cell})"
+
+
 def _markdown(s):
-    lines = [f"# Run {s['run_id']}", "",
+    banner = [interrupted_line(s["interrupted"]), ""] if s.get("interrupted") else []
+    lines = [f"# Run {s['run_id']}", "", *banner,
              f"- variant: **{s['variant']}**; model: `{s['model']}` ({s['weights']}); dtype {s['dtype']}; "
              f"device {s['device']} ({s['gpu'] or 'no GPU'}); torch {s['torch']}, transformers {s['transformers']}",
              f"- timer: {s['timer']}; profile {s['profile']}"

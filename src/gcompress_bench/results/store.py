@@ -134,7 +134,9 @@ class RawLog:
             raise
 
     def finish(self):
-        """raw.json with every cell in it; cells.jsonl is then no longer needed."""
+        """raw.json with every cell in it, those of cells.jsonl included (a stop may land between a cell's
+        line and its entry here); cells.jsonl is then no longer needed."""
+        self.data["cells"] = load_raw(self.path.parent)["cells"] | self.data["cells"]
         write_json(self.path, self.data)
         self.cells_path.unlink(missing_ok=True)
 

@@ -126,6 +126,10 @@ class Suite:
         pairs = {label: {cell id: pair()}}."""
         return tables.quality_rows(self.marker, ref, cands, pairs, self.compare_keys) if self.compare_keys else []
 
+    def headline_items(self, rows, label):
+        """A candidate's lines ("- what: result") in the headline block a comparison opens with."""
+        return []
+
     def compare_markdown(self, rows, ref, labels):
         keys = self.compare_keys
         return tables.compare_table(f"{self.marker} ({self.description})", ["cell"] + [f"{side} {k}" for side in [ref, *labels]

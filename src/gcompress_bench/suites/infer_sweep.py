@@ -34,6 +34,11 @@ def _ms(x):
     return f"{x:.3f}"
 
 
+def _more(v, key, fmt):
+    """A column after a side's p50: a missing cell's reason is said once, in its p50 column."""
+    return "—" if "missing" in v else value(v, key, fmt)
+
+
 def _cold(c):
     """The untimed first generation at the cell's lengths: time to warm (compiling, per-length plans)."""
     step = (c.get("cold") or {}).get("step_p50_ms")
@@ -96,6 +101,20 @@ class Timing(Suite):
             rows.append(row)
         return rows
 
+    def headline_items(self, rows, label):
+        """The speedup's range over the cells, each end with its interval, and how many cells differ measurably."""
+        got = [r for r in rows if r["speedup"].get(label)]
+        if not got:
+            return [f"- {self.marker} speed: no cell measured on both sides"]
+        lo, hi = (f(got, key=lambda r: r["speedup"][label]) for f in (min, max))
+        cis = [r["speedup_ci"][label] for r in got]
+        faster, slower = sum(ci[0] > 1 for ci in cis), sum(ci[1] < 1 for ci in cis)
+        span = f"{_speedup(lo, label)} ({lo['cell']})" + ("" if lo is hi else f" to {_speedup(hi, label)} ({hi['cell']})")
+        if len(got) == 1:
+            return [f"- {self.marker} speedup ({self.speed}): {span}"]
+        return [f"- {self.marker} speedup ({self.speed}): {span}; of {len(got)} cells, {faster} measurably faster, "
+                f"{slower} measurably slower, {len(got) - faster - slower} no measurable difference"]
+
     def compare_plots(self, rows, sides, out, model):
         """Each side's latency against the grid, and each candidate's speedup heatmap."""
         from gcompress_bench.results import plots
@@ -142,6 +161,7 @@ class Prefill(Timing):
         return {"roofline": roofline.prefill_rate(summary, ceilings)}
 
     latency_figure, latency_png = "prefill_latency", "prefill_latency.png"
+    speed = "latency p50"
     lengths = ("seq_len", (), "sequence length S (tokens)")   # a speedup's x axis, and what splits its panels
     heatmap = ("batch", lambda p: p["seq_len"], lambda s: f"S {s}", ("prefill speedup (p50)", "batch B",
                                                                       "sequence length S"))
@@ -149,9 +169,9 @@ class Prefill(Timing):
     def compare_markdown(self, rows, ref, labels):
         return compare_table(f"prefill latency (ms; {SPEEDUP})",
                     ["cell", f"{ref} p50", "p99"] + [h for label in labels for h in (f"{label} p50", "p99", "speedup")],
-                    [[r["cell"], p50(r["values"][ref], _ms), value(r["values"][ref], "p99", _ms)] +
+                    [[r["cell"], p50(r["values"][ref], _ms), _more(r["values"][ref], "p99", _ms)] +
                      [x for label in labels for x in (p50(r["values"][label], _ms),
-                                                      value(r["values"][label], "p99", _ms), _speedup(r, label))]
+                                                      _more(r["values"][label], "p99", _ms), _speedup(r, label))]
                      for r in rows])
 
     def markdown(self, s, rows):
@@ -240,6 +260,7 @@ class Decode(Timing):
                 "roofline_breakdown": roofline.decode_breakdown(summary, ceilings)}
 
     latency_figure, latency_png = "decode_latency", "decode_ms_per_token.png"
+    speed = "ms/token p50"
     lengths = ("ctx", ("gen", "mode"), "context length (tokens)")
     heatmap = ("batch", lambda p: (p["ctx"], p["gen"], p.get("mode", "eager")),
                lambda k: f"ctx {k[0]} · gen {k[1]} · {k[2]}",
@@ -250,8 +271,8 @@ class Decode(Timing):
             return f"{v['roofline']['GBps']:.0f}" if v.get("roofline") else "n/a"
 
         def cols(v):
-            return [p50(v, _ms), value(v, "p99", _ms), value(v, "tokens_per_s", "{:.1f}".format),
-                    value(v, "ttft_ms", _ms), "—" if "missing" in v else gbps(v)]
+            return [p50(v, _ms), _more(v, "p99", _ms), _more(v, "tokens_per_s", "{:.1f}".format),
+                    _more(v, "ttft_ms", _ms), "—" if "missing" in v else gbps(v)]
         return compare_table(f"decode (ms/token p50, p99, tokens/s, time to first token ms, GB/s; {SPEEDUP})",
                     ["cell", f"{ref} p50", "p99", "tok/s", "TTFT", "GB/s"] +
                     [h for label in labels for h in (f"{label} p50", "p99", "tok/s", "TTFT", "GB/s", "speedup")],

@@ -432,6 +432,21 @@ class Lmeval(Suite):
                 ("" if p.get("same_docs", True) else "; **DIFFERENT documents: not comparable**") + ")"
                 for m, q in ((m, p[m]) for m in CHOICE.names + RULER.names if m in p)]
 
+    def headline_items(self, rows, label):
+        """Per cell, its first metric (acc, or a RULER task's score) in points, with its interval, p, n and chance."""
+        out = []
+        for r in rows:
+            p = r["paired"].get(label)
+            m = row_metrics(r)[0]
+            if not p or m not in p:
+                continue
+            q, (lo, hi) = p[m], p[m]["diff_ci"]
+            chance = f", chance {100 * p['chance']:.1f}%" if "chance" in p else ""
+            out.append(f"- accuracy {r['cell']} {m}: {100 * q['diff']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                       + (" no measurable difference" if lo <= 0 <= hi else "") +
+                       f" (exact McNemar p {q['mcnemar_p']:.3f}, n {p['n_paired']}{chance})")
+        return out
+
     def compare_markdown(self, rows, ref, labels):
         def chance(r):
             c = next((p["chance"] for p in r["paired"].values() if p and "chance" in p), None)

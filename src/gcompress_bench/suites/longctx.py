@@ -360,6 +360,16 @@ class Longctx(Suite):
     def paired_lines(self, cid, p, name):
         return [f"- {cid}: {name} {p['candidate']:.4f} vs baseline {p['reference']:.4f} ({verdict(p)})"]
 
+    def headline_items(self, rows, label):
+        """The retrieval accuracy change's range over the cells, and how many differ by McNemar's exact test."""
+        got = [(r["cell"], p) for r in rows if (p := r["paired"].get(label)) and p["same_prompts"] and p["n_paired"]]
+        if not got:
+            return []
+        lo, hi = (f(got, key=lambda x: x[1]["diff"]) for f in (min, max))
+        differ = sum(p["mcnemar_p"] < 0.05 for _, p in got)
+        return [f"- long-context retrieval: accuracy {100 * lo[1]['diff']:+.1f} points ({lo[0]}) to "
+                f"{100 * hi[1]['diff']:+.1f} ({hi[0]}) over {len(got)} cells; {differ} differ at exact McNemar p < 0.05"]
+
     def compare_markdown(self, rows, ref, labels):
         f3 = "{:.3f}".format
         return compare_table("long-context retrieval (exact-match accuracy; paired over the same prompts)",

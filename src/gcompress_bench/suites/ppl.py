@@ -113,6 +113,21 @@ class Ppl(Suite):
     def paired_lines(self, cid, p, name):
         return [f"- {cid}: perplexity {p['ppl']:.4f} vs {p['ppl_reference']:.4f}, ratio {_ratio(p)}"]
 
+    def headline_items(self, rows, label):
+        out = []
+        for r in rows:
+            p = r["paired"].get(label)
+            if not p:
+                continue
+            ci = p["ppl_ratio_ci"]
+            pct = (f" [{100 * (ci[0] - 1):+.2f}%, {100 * (ci[1] - 1):+.2f}%]" + (" no measurable difference"
+                                                                                 if holds_one(ci) else "")
+                   if ci else " (no interval: " + ("runs without per-window NLLs)" if p["same_windows"] else
+                                                    "DIFFERENT windows: not comparable)"))
+            out.append(f"- perplexity {r['cell']}: {p['ppl_reference']:.3f} -> {p['ppl']:.3f}, "
+                       f"{100 * (p['ppl_ratio'] - 1):+.2f}%{pct}")
+        return out
+
     def compare_markdown(self, rows, ref, labels):
         f4 = "{:.4f}".format
 

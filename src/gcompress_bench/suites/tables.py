@@ -105,7 +105,7 @@ def missing(side, cid):
     """Why a comparison column has no value for a cell, or None when it has one."""
     c = side["cells"].get(cid)
     if c is None:
-        return "not in these runs"
+        return side.get("not_run", {}).get(cid, "not in these runs")
     return None if c["status"] == "ok" else f"{c['status']}: {c.get('reason', '')}"
 
 
