@@ -67,14 +67,14 @@ def test_ratio_one_reproduces_the_logits_and_perplexity_degrades_monotonically(s
     with torch.inference_mode():
         ref = smol[0].model(input_ids=probe).logits
     ppl = {}
-    for ratio in (1.0, 0.98, 0.95, 0.9):
+    for ratio in (1.0, 0.95, 0.9):
         lm, facts = _compress(smol, ratio)
         assert facts["params_kept_ratio"] <= ratio
         with torch.inference_mode():
             if ratio == 1.0:
                 assert facts["factored"] == 0 and torch.equal(lm.model(input_ids=probe).logits, ref)
         ppl[ratio] = perplexity(lm.model, ids, 256)["ppl"]
-    assert ppl[1.0] < ppl[0.98] < ppl[0.95] < ppl[0.9], ppl
+    assert ppl[1.0] < ppl[0.95] < ppl[0.9], ppl
 
 
 @pytest.mark.system

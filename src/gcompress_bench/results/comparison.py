@@ -59,7 +59,7 @@ def load_side(label, run_dirs):
         raw = load_raw(d)["cells"]
         for cid, cell in s["cells"].items():
             seen = side["repeats"].setdefault(cid, [])
-            seen.append({"run_id": s["run_id"], "status": cell["status"], "value": _repeat_value(cell)})
+            seen.append({"run_id": d.name, "status": cell["status"], "value": _repeat_value(cell)})
             if side["cells"].get(cid, {}).get("status") == "ok" and cell["status"] != "ok":
                 continue   # a finished copy of a cell (e.g. from a re-run shard) wins over a failed one
             side["cells"][cid], side["raw"][cid] = cell, raw[cid]
