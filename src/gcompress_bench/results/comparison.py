@@ -92,15 +92,19 @@ def load_side(label, run_dirs):
     return side
 
 
+def _spread(seen):
+    """(largest - smallest) / smallest of a repeated cell's values, or None."""
+    vals = [r["value"] for r in seen if r["value"] is not None]
+    return (max(vals) - min(vals)) / min(vals) if len(vals) > 1 and min(vals) > 0 else None
+
+
 def _repeat_lines(side):
     """A cell measured by several runs of one column: every run's value, which one the tables show (the last
     finished), and the spread between them."""
     out = []
     for cid, seen in side["repeats"].items():
         shown = max(i for i, r in enumerate(seen) if r.get("shown"))
-        vals = [r["value"] for r in seen if r["value"] is not None]
-        spread = (f"; spread {100 * (max(vals) - min(vals)) / min(vals):.1f}% between runs"
-                  if len(vals) > 1 and min(vals) > 0 else "")
+        spread = f"; spread {100 * _spread(seen):.1f}% between runs" if _spread(seen) is not None else ""
         runs = ", ".join(f"{r['run_id']}: " + (f"{r['value']:.4g}" if r["value"] is not None else r["status"]) +
                          (" (shown)" if i == shown else "") for i, r in enumerate(seen))
         out.append(f"{side['label']}: {cid} was measured in {len(seen)} runs ({runs}){spread}")
@@ -242,6 +246,8 @@ def build(reference_dirs, candidates):
         "environment": ref["envs"][0], "environment_same": not differ, "warnings": warnings,
         "layout": next(iter(layouts), None),
         "timing_node": _one_node(sides),
+        "repeat_spread": {side["label"]: {cid: _spread(seen) for cid, seen in side["repeats"].items()
+                                          if _spread(seen) is not None} for side in sides},
         "suites": [m for m in rows if rows[m]],
         **{m: r for m, r in rows.items() if r},
         "time_went": _time_went_rows(ref, cands),
@@ -296,7 +302,8 @@ def markdown(rep):
     layout = f", {rep['layout']} layout" if rep.get("layout") else ""
     lines += [f"## Headline: each candidate against {ref} ({rep['reference']['runs'][0]['model']}{layout}; "
               "95% intervals; a ratio whose interval holds 1.0, or a difference whose interval holds 0, is no "
-              "measurable difference)"]
+              "measurable difference; a speedup's interval holds the noise within its runs, not between runs: "
+              "repeat a run to see that)"]
     for c in rep["candidates"]:
         lines += ["", f"### {c['label']}", "", *headline(rep, c)]
     lines += ["", "## Warnings", ""]
@@ -360,6 +367,11 @@ def headline(rep, cand):
     timed = [x for x in rep["suites"] if SUITES[x].device_facts]
     for x in timed:
         lines += SUITES[x].headline_items(rep[x], label)
+    cells = {r["cell"] for x in timed for r in rep[x]}
+    moved = {side: [v for cid, v in rep["repeat_spread"].get(side, {}).items() if cid in cells] for side in (ref, label)}
+    lines += [f"- **between runs**: {side}'s repeated timing cells moved {100 * min(v):.1f}% to {100 * max(v):.1f}% "
+              "from one run to the next; the intervals above hold the noise within a run only" for side, v in
+              moved.items() if v]
     rows = _timed_rows(rep)
     if rows:
         def ratios(key, get=lambda v, k: v.get(k)):
