@@ -17,6 +17,7 @@
 # runs shared a node. Each job records its own end (job-<id>.json in the night's results folder), from which the
 # report job's table is built: Slurm forgets a finished job after MinJobAge.
 set -uo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac   # the header above
 usage() { echo "launch_llm_night: $*" >&2; exit 2; }
 need() { [ $# -ge 2 ] && [ -n "$2" ] && [[ $2 != --* ]] || usage "$1 needs a value; see the header of $0"; }
 repo=$(cd "$(dirname "$0")/.." && pwd)

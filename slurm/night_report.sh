@@ -3,6 +3,7 @@
 # job it waited for (src/gcompress_bench/results/jobs.py).
 #   night_report.sh RESULTS_ROOT EXP_GROUP OUT_DIR name=jobid ...
 set -uo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac   # the header above
 root=$1 group=$2 out=$3; shift 3
 repo=${GC_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
 python=${GC_VENV:-$repo/.venv}/bin/python

@@ -88,3 +88,34 @@ def test_an_unknown_or_abbreviated_option_is_one_line_naming_the_closest(argv, l
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2 and capsys.readouterr().err.splitlines() == [line]
+
+
+SCRIPTS = sorted([*(REPO / "tools").glob("*.py"), *(REPO / "tools").glob("*.sh"), *(REPO / "slurm").iterdir()])
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_every_script_answers_help_with_its_usage_and_exit_0(script, tmp_path):
+    """--help does nothing else: it installs, submits, writes and imports nothing heavy."""
+    cmd = [sys.executable] if script.suffix == ".py" else ["bash"]
+    proc = subprocess.run([*cmd, str(script), "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{REPO / 'src'}:{REPO}", "HOME": str(tmp_path)})
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    assert len(proc.stdout.splitlines()) >= 2 and "unknown" not in proc.stdout.lower()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_help_names_every_profile_layout_method_and_job():
+    import yaml
+
+    from gcompress_bench import methods, suites
+    from gcompress_bench.config import LAYOUTS, SUITES_FILE
+    out = subprocess.run([sys.executable, "-m", "gcompress_bench", "run", "--help"], capture_output=True, text=True,
+                         cwd=REPO, timeout=60).stdout
+    flat = " ".join(out.split())   # argparse wraps the help text
+    profiles = yaml.safe_load(SUITES_FILE.read_text())["profiles"]
+    for flag, choices in (("--profile", profiles), ("--layout", LAYOUTS), ("--variant", methods.load())):
+        text = flat.split(f"{flag} {flag.lstrip('-').replace('-', '_').upper()}")[-1].split(" --", 1)[0]   # its option line
+        assert all(c in text for c in choices), (flag, text)
+    runs = subprocess.run([sys.executable, "-m", "gcompress_bench", "--help"], capture_output=True, text=True,
+                          cwd=REPO, timeout=60).stdout
+    assert all(f"  {c}" in runs for c in cli.COMMANDS) and all(j in flat for j in suites.jobs() if j != "dims")

@@ -3,6 +3,7 @@
 # torch is installed only when it is not importable: a cluster's own CUDA torch, visible through
 # --system-site-packages, is kept. TORCH_SPEC chooses what to install otherwise.
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac   # the header above
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv --system-site-packages .venv
 py=.venv/bin/python

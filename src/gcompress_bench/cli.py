@@ -42,8 +42,9 @@ def parser(prog, suites, default_suite):
 
 def pytest_args(args, extra):
     """Forward every given option; option checking stays in the pytest plugin, in one place."""
+    # quiet: one progress line per cell is the suite's own (-v after `--` brings pytest's back)
     out = [str(REPO_ROOT / "benchmarks"), "-c", str(REPO_ROOT / "pytest.ini"), "--rootdir", str(REPO_ROOT),
-           "-m", marker_expr(args.suite)]
+           "-q", "--no-header", "-m", marker_expr(args.suite)]
     given = vars(args)
     if args.out and not given.get("results_root"):
         given["results_root"] = args.out
@@ -124,8 +125,12 @@ def report(paths, prog="gcompress-bench report", command=None):
     """Regenerate summary.json, run_summary.md and plots/ of run dirs from their raw.json."""
     from gcompress_bench.results.report import summarize
     from gcompress_bench.results.store import ResultsError
+    usage = f"usage: {command or prog} RUN_DIR [RUN_DIR ...]"
+    if paths[:1] in (["-h"], ["--help"]):
+        print(f"{usage}\n\n{COMMANDS['report']}")
+        return 0
     if not paths:
-        print(f"usage: {command or prog} RUN_DIR [RUN_DIR ...]", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     for path in paths:
         try:
@@ -170,9 +175,6 @@ def main(argv=None):
         own, extra = (rest[:rest.index("--")], rest[rest.index("--"):]) if "--" in rest else (rest, [])
         return run(f"gcompress-bench {cmd}", list(jobs), "infer_sweep", [*own, "--check-only", *extra])
     if cmd == "report":
-        if rest[:1] in (["-h"], ["--help"]):
-            print("usage: gcompress-bench report RUN_DIR [RUN_DIR ...]\n\n" + COMMANDS["report"])
-            return 0
         return report(rest)
     if cmd == "compare":
         return compare(rest)

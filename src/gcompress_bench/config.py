@@ -23,7 +23,7 @@ LAYOUTS = ("hf", "fused")
 OPTIONS = [
     ("--variant", "variant", "str", "baseline, or a compression method (palu, asvd, prune, or a registered plug-in)"),
     ("--model", "model", "str", "smollm2-135m, llama3-8b-shape, an HF id in the local cache, or a model folder"),
-    ("--profile", "profile", "str", "profile of experiments/llm_suites.yaml (full, quick)"),
+    ("--profile", "profile", "str", "profile of experiments/llm_suites.yaml (full, long, quick)"),
     ("--suites-file", "suites_file", "str", "suite YAML (default experiments/llm_suites.yaml)"),
     ("--align-policy", "align_policy", "str", "how a method's dims become physical dims: method (its own rule), "
                                               "none, round:N, pad:N or budget:TABLE (a dims run's table)"),
