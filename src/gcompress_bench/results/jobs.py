@@ -86,8 +86,9 @@ def _state(r):
         return "COMPLETED"
     if r["state"] == "RUNNING":   # the report runs after every job: this one ended without writing its end
         return "**FAILED** (no end recorded: killed by SIGKILL, or its node failed)"
-    left = r.get("time_left_s")
-    lead = f", SIGTERM {left} s before the time limit" if r["state"] == "TIMEOUT" and left else ""
+    left, lead = r.get("time_left_s"), ""
+    if r["state"] == "TIMEOUT" and left is not None:   # Slurm's --signal lead, or the limit itself
+        lead = f", SIGTERM {left} s before the time limit" if left else ", SIGTERM at the time limit"
     return f"**FAILED** ({r['state']}{lead})"
 
 
