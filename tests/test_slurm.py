@@ -29,10 +29,10 @@ SMALL = ["--no-gpu", "--allow-fallback", "--model", "smollm2-135m", "--profile",
          "--limit", "4",
          "--job-args", GRID + CALIB + f" --ppl-corpus={SHORT_CORPUS}"]
 HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-# the timing jobs measure 6 cells of about 7 s each on one idle core: the palu one, cut to its time limit after its
-# first cell, has more than Slurm's 30 s time-limit check left when the SIGTERM comes
+# the timing jobs measure 6 cells of about 5 s each on one idle core, and the night's six jobs share two: the palu
+# one, cut to its time limit after its first cell, has more than Slurm's 30 s time-limit check left at the SIGTERM
 NIGHT_GRID = ("--prefill-batch=1 --prefill-seq-len=16 --decode-ctx=16 --decode-gen=4 --decode-batch=1,2,3,4,5 "
-              "--warmup=1 --iters=12 --trials=1 --ppl-seq-len=256 --fewshot=0")
+              "--warmup=1 --iters=8 --trials=1 --ppl-seq-len=256 --fewshot=0")
 NIGHT = ["--no-gpu", "--model", HF_ID, "--profile", "quick", "--tasks", "piqa,hellaswag", "--limit", "4",
          "--job-args", NIGHT_GRID + CALIB]
 JOB_RES = ["--", "--mem=1500M", "--cpus-per-task=1"]   # the local partition oversubscribes its 2 cores
