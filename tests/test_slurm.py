@@ -204,7 +204,7 @@ def test_the_report_job_starts_after_slurm_forgot_the_night_and_names_every_stat
     for cid in missing:   # each missing cell's palu column says why
         assert re.search(rf"\| {re.escape(cid)} \|.*\| not run: {run_id} was INTERRUPTED after {stop['cells_done']} "
                          r"of 6 cells \|", md), cid
-    assert re.search(rf"\| {palu_label} \| {run_id} INTERRUPTED after {stop['cells_done']} of 6 cells \| 1 \|", md)
+    assert re.search(rf"\| {palu_label} \| {run_id} was INTERRUPTED after {stop['cells_done']} of 6 cells \| 1 \|", md)
     assert "| baseline | complete | 1 |" in md and f"- every timing run on one node: {status['palu-ppl']['node']}" in md
     assert "FALLBACK" not in md and "baber/piqa (HF datasets cache" in md and "Rowan/hellaswag (HF datasets" in md
     ppl = {v: json.loads((Path(status[f"{v}-ppl"]["run_dir"]) / "raw.json").read_text())["cells"]["test_ppl[S256]"]

@@ -53,27 +53,23 @@ def _check_agree(label, runs):
 def load_side(label, run_dirs):
     """Merge one column's run dirs (its infer_sweep, ppl and lmeval jobs, or the shards of one)."""
     side = {"label": label, "runs": [], "cells": {}, "raw": {}, "envs": [], "variant": None, "facts": None,
-            "not_run": {}, "repeats": {}, "warnings": [], "fallbacks": {}}
+            "not_run": {}, "repeats": {}, "shown": {}, "warnings": [], "fallbacks": {}}
     for d in map(Path, run_dirs):
         s = report.build_summary(d)
         raw = load_raw(d)["cells"]
         for cid, cell in s["cells"].items():
-            seen = side["repeats"].setdefault(cid, [])
-            seen.append({"run_id": d.name, "status": cell["status"], "value": _repeat_value(cell)})
+            side["repeats"].setdefault(cid, []).append({"run_id": d.name, "status": cell["status"],
+                                                        "value": _repeat_value(cell)})
             if side["cells"].get(cid, {}).get("status") == "ok" and cell["status"] != "ok":
                 continue   # a finished copy of a cell (e.g. from a re-run shard) wins over a failed one
-            side["cells"][cid], side["raw"][cid] = cell, raw[cid]
-            seen[-1]["shown"] = True
+            side["cells"][cid], side["raw"][cid], side["shown"][cid] = cell, raw[cid], d.name
         side["warnings"] += run_warnings(label, s)
         for text in _fallbacks([s["cells"], s["method_facts"]]):
             side["fallbacks"].setdefault(text, []).append(s["run_id"])
         stop = s.get("interrupted")
-        side["not_run"].update({cid: f"not run: {s['run_id']} was INTERRUPTED after {stop['cells_done']} of "
-                                     f"{stop['cells']} cells" if stop else "not run" for cid in s["not_run"]})
-        # a timing run interrupted before its first cell is still one (its job names its suites)
-        timing = any(SUITES[m].device_facts for m in {c.get("suite") for c in s["cells"].values()} |
-                     {m for m, suite in SUITES.items() if suite.job in (s["suites"] or [])} if m in SUITES)
-        side["runs"].append({"dir": str(d), "run_id": s["run_id"], "variant": s["variant"], "timing": timing,
+        side["not_run"].update({cid: f"not run: {_interrupted(s['run_id'], stop)}" if stop else "not run"
+                                for cid in s["not_run"]})
+        side["runs"].append({"dir": str(d), "run_id": s["run_id"], "variant": s["variant"], "timing": _timing(s),
                              "interrupted": stop, "not_run": s["not_run"],
                              "span": [read_json(d / "env.json").get("time_utc"), s.get("updated_utc")],
                              "harness": s.get("harness"),
@@ -92,6 +88,16 @@ def load_side(label, run_dirs):
     return side
 
 
+def _timing(s):
+    """Whether a run timed a suite: by its cells, or by its job's suites (interrupted before its first cell)."""
+    markers = {c.get("suite") for c in s["cells"].values()}
+    return any(suite.device_facts and (m in markers or suite.job in (s["suites"] or [])) for m, suite in SUITES.items())
+
+
+def _interrupted(run_id, stop):
+    return f"{run_id} was INTERRUPTED after {stop['cells_done']} of {stop['cells']} cells"
+
+
 def _spread(seen):
     """(largest - smallest) / smallest of a repeated cell's values, or None."""
     vals = [r["value"] for r in seen if r["value"] is not None]
@@ -103,10 +109,9 @@ def _repeat_lines(side):
     finished), and the spread between them."""
     out = []
     for cid, seen in side["repeats"].items():
-        shown = max(i for i, r in enumerate(seen) if r.get("shown"))
         spread = f"; spread {100 * _spread(seen):.1f}% between runs" if _spread(seen) is not None else ""
         runs = ", ".join(f"{r['run_id']}: " + (f"{r['value']:.4g}" if r["value"] is not None else r["status"]) +
-                         (" (shown)" if i == shown else "") for i, r in enumerate(seen))
+                         (" (shown)" if r["run_id"] == side["shown"][cid] else "") for r in seen)
         out.append(f"{side['label']}: {cid} was measured in {len(seen)} runs ({runs}){spread}")
     return out
 
@@ -137,7 +142,7 @@ def run_warnings(label, s):
     run = f"{label} run {s['run_id']}"
     host = s.get("host") or {}
     out = [f"{run}: {w}" for w in host.get("warnings", [])]
-    if host.get("host_bound_cells") and tables.on_gpu(s):   # on CPU the host runs the operators itself
+    if host.get("host_bound_cells"):   # judged on GPU only (report.host_check)
         out.append(f"{run}: host-bound cells (device busy < {100 * tables.HOST_BOUND:.0f}%; the host, not the device, "
                    f"set their time): {', '.join(host['host_bound_cells'])}")
     if s["weights"] == "synthetic weights":
@@ -201,9 +206,8 @@ def run_checks(sides):
     for side in sides:
         for r in side["runs"]:
             if r["interrupted"]:
-                stop = r["interrupted"]
-                warnings.append(f"{side['label']} run {r['run_id']} was INTERRUPTED after {stop['cells_done']} of "
-                                f"{stop['cells']} cells ({stop['signal']}); missing: {', '.join(r['not_run']) or 'none'}")
+                warnings.append(f"{side['label']} run {_interrupted(r['run_id'], r['interrupted'])} "
+                                f"({r['interrupted']['signal']}); missing: {', '.join(r['not_run']) or 'none'}")
     nodes = {e.get("host") for r, e in runs if r["timing"]}
     if len(nodes) > 1:
         warnings.append("the timing runs ran on different nodes (" + ", ".join(
@@ -282,8 +286,7 @@ def _cost(side):
         for k, v in h["parts_s"].items():
             parts[k] = parts.get(k, 0.0) + v
     wall = sum(h["wall_s"] for h in runs)
-    stops = [f"{r['run_id']} INTERRUPTED after {r['interrupted']['cells_done']} of {r['interrupted']['cells']} cells"
-             for r in side["runs"] if r.get("harness") and r["interrupted"]]
+    stops = [_interrupted(r["run_id"], r["interrupted"]) for r in side["runs"] if r.get("harness") and r["interrupted"]]
     return {"label": side["label"], "runs": len(runs), "wall_s": wall, "efficiency": parts["measured"] / wall,
             "device_minutes": wall / 60, "parts_s": parts, "status": "; ".join(stops) or "complete"}
 
